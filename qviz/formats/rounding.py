@@ -1,0 +1,81 @@
+"""The one home of rounding rules.
+
+Plain-Python scalar functions that numba compiles unchanged
+(``numba.njit(nearest_int)``) and vectorized numpy twins. ggml uses three rules:
+
+* ``nearest_int`` (ggml-quants.c): round half to even, via the 1.5*2^23 trick;
+  equal to ``np.rint`` for |x| <= 2^22 (ggml asserts that bound).
+* ``roundf`` (Q8_0, Q4_0 scale selection not included): half away from zero.
+* fp32 -> fp16: IEEE round to nearest even (F16C ``vcvtps2ph`` / the portable
+  ``ggml_compute_fp32_to_fp16``); overflow goes to inf.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def nearest_int(x: float) -> int:
+    """ggml's ``nearest_int``: round half to even (|x| <= 2^22)."""
+    return int(np.rint(x))
+
+
+def round_away(x: float) -> float:
+    """C ``roundf``: round half away from zero."""
+    return math.copysign(math.floor(abs(x) + 0.5), x)
+
+
+def round_away_array(x: np.ndarray) -> np.ndarray:
+    """Vectorized :func:`round_away` (C ``roundf``)."""
+    return np.copysign(np.floor(np.abs(x) + 0.5), x)
+
+
+def fp16_bits(x: float) -> int:
+    """IEEE binary16 bit pattern of ``x`` rounded to nearest even.
+
+    Written with ``math.frexp`` and ``np.rint`` so numba compiles it for use
+    inside kernels; equals ``np.float16(np.float32(x)).view(np.uint16)``.
+    NaN maps to 0x7E00.
+    """
+    if x != x:
+        return 0x7E00
+    sign = 0x8000 if (x < 0.0 or (x == 0.0 and math.copysign(1.0, x) < 0.0)) else 0
+    a = abs(x)
+    if a == 0.0:
+        return sign
+    if a == math.inf:
+        return sign | 0x7C00
+    m, e = math.frexp(a)  # a = m * 2**e, 0.5 <= m < 1
+    if e < -13:  # below the smallest normal 2**-14: a subnormal step of 2**-24
+        q = int(np.rint(a * 16777216.0))  # exact: a power-of-two scaling
+        return sign | q  # q == 1024 carries into the first normal, as IEEE does
+    q = int(np.rint(m * 2048.0))  # 11 significant bits, 1024 <= q <= 2048
+    if q == 2048:
+        q = 1024
+        e += 1
+    exp = e + 14  # biased exponent of 2**(e-1)
+    if exp >= 31:
+        return sign | 0x7C00
+    return sign | (exp << 10) | (q - 1024)
+
+
+def fp16_value(bits: int) -> float:
+    """The float value of an IEEE binary16 bit pattern."""
+    sign = -1.0 if bits & 0x8000 else 1.0
+    exp = (bits >> 10) & 0x1F
+    man = bits & 0x3FF
+    if exp == 0:
+        return sign * man * 2.0 ** -24
+    if exp == 31:
+        return sign * math.inf if man == 0 else math.nan
+    return sign * (1024 + man) * 2.0 ** (exp - 25)
+
+
+def fp16_round(x: float) -> float:
+    """``GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(x))``: ``x`` as stored in a fp16 field."""
+    return fp16_value(fp16_bits(x))
+
+
+#: float32 value of every fp16 bit pattern; index with a uint16 (fast decode).
+FP16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)

@@ -1,0 +1,177 @@
+"""QuantResult: the one result type of every qviz format and algorithm."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+#: bits of one stored scale, min or codebook entry (fp16 everywhere qviz writes).
+PARAM_BITS = 16
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    """A quantized 2-D weight, decoded into plain arrays.
+
+    A weight in column ``j`` of row ``i`` belongs to group ``g = j // group_size``
+    (the last group of a row may be shorter). It decodes as
+
+    * ``scales[i, g] * (codes[i, j] - zero)`` with ``zero = zeros[i, g]``
+      (asymmetric RTN/GPTQ/AWQ), or the implied ``2**(bits-1)`` when ``zeros``
+      and ``mins`` are both None and there is no codebook (symmetric: RTN sym,
+      Q4_0, Q5_0, Q8_0, Q3_K, Q6_K);
+    * ``scales[i, g] * codes[i, j] - mins[i, g]`` when ``mins`` is given
+      (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K);
+    * ``scales[i, g] * codebook[codes[i, j]]`` when ``codebook`` is given
+      (IQ4_NL, NF4; k-means with a per-row codebook and unit scales).
+
+    Per-tensor parameters have shape (1, 1) and broadcast over rows.
+
+    Attributes
+    ----------
+    method : str
+        ``"rtn"``, ``"gptq"``, ``"awq"``, ``"kmeans"``, ``"nf4"`` or a GGUF type
+        name such as ``"Q4_K"``.
+    shape : tuple of int
+        (n_rows, n_cols) of the original weight (out × in).
+    bits : int
+        Width of one code.
+    group_size : int
+        Columns per group (a GGUF (sub-)block; ``n_cols`` for per-channel).
+    codes : ndarray, shape (n_rows, n_cols), uint8
+        Integer levels, unpacked.
+    scales : ndarray, shape (n_rows, n_groups) or (1, 1), float32
+        The effective step of each group.
+    zeros : ndarray, shape like ``scales``, float32, or None
+        Zero points (in code units) of asymmetric formats.
+    mins : ndarray, shape like ``scales``, float32, or None
+        Subtracted offsets of min-formats.
+    codebook : ndarray, shape (n_levels,) or (n_rows, n_levels), float32, or None
+        Non-uniform levels indexed by the codes.
+    packed : ndarray, shape (n_rows, row_bytes), uint8, or None
+        Exact storage bytes where a format defines them (every GGUF type).
+    info : Mapping
+        Diagnostics only (losses, search results); nothing needed to decode.
+    """
+
+    method: str
+    shape: tuple[int, int]
+    bits: int
+    group_size: int
+    codes: np.ndarray
+    scales: np.ndarray
+    zeros: np.ndarray | None = None
+    mins: np.ndarray | None = None
+    codebook: np.ndarray | None = None
+    packed: np.ndarray | None = None
+    info: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        """Groups per row."""
+        return -(-self.shape[1] // self.group_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Storage bytes: the packed bytes where defined, else codes + parameters."""
+        if self.packed is not None:
+            return int(self.packed.nbytes)
+        return -(-self.storage_bits // 8)
+
+    @property
+    def storage_bits(self) -> int:
+        """Exact storage in bits: codes, scales, zeros, mins and codebook.
+
+        Codes take ``bits`` each, zero points ``bits`` each, every float
+        parameter 16 bits (fp16, as checkpoints store them). With ``packed``
+        bytes the count is theirs.
+        """
+        if self.packed is not None:
+            return int(self.packed.nbytes) * 8
+        total = self.codes.size * self.bits + self.scales.size * PARAM_BITS
+        if self.zeros is not None:
+            total += self.zeros.size * self.bits
+        if self.mins is not None:
+            total += self.mins.size * PARAM_BITS
+        if self.codebook is not None:
+            total += self.codebook.size * PARAM_BITS
+        return int(total)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage bits per weight, derived from :attr:`storage_bits`."""
+        return self.storage_bits / (self.shape[0] * self.shape[1])
+
+    def _expand(self, p: np.ndarray) -> np.ndarray:
+        """Broadcast per-group parameters (rows|1, n_groups) to (n_rows, n_cols)."""
+        p = np.repeat(p, self.group_size, axis=1)[:, : self.shape[1]]
+        return np.broadcast_to(p, self.shape)
+
+    @property
+    def implied_zero(self) -> float:
+        """The constant zero point of symmetric formats, ``2**(bits-1)``."""
+        return float(1 << (self.bits - 1))
+
+    def dequantize(self) -> np.ndarray:
+        """Decode to float32, shape (n_rows, n_cols), in float32 arithmetic.
+
+        The order of operations is ggml's, so GGUF types decode bit-exactly.
+        """
+        s = self._expand(self.scales.astype(np.float32))
+        if self.codebook is not None:
+            cb = self.codebook.astype(np.float32)
+            if cb.ndim == 1:
+                vals = cb[self.codes]
+            else:
+                vals = np.take_along_axis(cb, self.codes.astype(np.intp), axis=1)
+            return (s * vals).astype(np.float32)
+        q = self.codes.astype(np.float32)
+        if self.mins is not None:
+            return (s * q - self._expand(self.mins.astype(np.float32))).astype(np.float32)
+        z = self.implied_zero if self.zeros is None else self._expand(self.zeros.astype(np.float32))
+        return (s * (q - z)).astype(np.float32)
+
+    def levels(self, row: int, group: int) -> np.ndarray:
+        """The values group ``group`` of row ``row`` can represent, ascending.
+
+        Returns
+        -------
+        ndarray, shape (n_levels,), float32
+            The quantization grid (2**bits values) or the scaled codebook.
+        """
+        n_rows = self.shape[0]
+        if not (0 <= row < n_rows and 0 <= group < self.n_groups):
+            raise IndexError(f"(row, group) = ({row}, {group}) is outside "
+                             f"{n_rows} rows × {self.n_groups} groups")
+
+        def at(p):
+            return np.float32(p[min(row, p.shape[0] - 1), 0 if p.shape[1] == 1 else group])
+
+        s = at(self.scales)
+        if self.codebook is not None:
+            cb = self.codebook if self.codebook.ndim == 1 else self.codebook[row]
+            return np.sort(s * cb.astype(np.float32))
+        q = np.arange(1 << self.bits, dtype=np.float32)
+        if self.mins is not None:
+            return np.sort(s * q - at(self.mins))
+        z = self.implied_zero if self.zeros is None else at(self.zeros)
+        return np.sort(s * (q - np.float32(z)))
+
+    def _repr_html_(self) -> str:
+        rows, cols = self.shape
+        items = [
+            ("method", self.method), ("shape", f"{rows} × {cols}"), ("bits", self.bits),
+            ("group size", self.group_size),
+            ("bits per weight", f"{self.bits_per_weight:.4f}"),
+            ("storage", f"{self.nbytes:,} bytes (fp32: {rows * cols * 4:,})"),
+        ]
+        items += [(k, v) for k, v in self.info.items() if np.isscalar(v)]
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+                       f"<td>{html.escape(str(v))}</td></tr>" for k, v in items)
+        return f"<table><caption>QuantResult</caption>{body}</table>"
+
+    def __repr__(self) -> str:
+        return (f"QuantResult(method={self.method!r}, shape={self.shape}, bits={self.bits}, "
+                f"group_size={self.group_size}, bits_per_weight={self.bits_per_weight:.4f})")

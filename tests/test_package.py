@@ -1,0 +1,66 @@
+"""The package itself: light import, the demo models, docstring examples, no fastmath in kernels."""
+import doctest
+import importlib
+import importlib.util
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import qviz
+
+
+def test_import_is_light():
+    code = ("import sys, qviz; heavy = [m for m in ('torch', 'numba', 'plotly', 'ipywidgets', 'sklearn', "
+            "'transformers') if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"import qviz pulled in {out.stdout.strip()}"
+
+
+def test_demo_layers(minilm_layer):
+    names = qviz.demo.layers()
+    assert len(names) > 30 and "encoder.layer.5.output.dense" in names
+    assert minilm_layer.shape == (1536, 384) and minilm_layer.dtype.name == "float32"
+    assert qviz.demo.layer("encoder.layer.0.output.dense.weight").shape == (384, 1536)
+    with pytest.raises(KeyError, match="did you mean"):
+        qviz.demo.layer("encoder.layer.0.intermediate.dens")
+    assert qviz.demo.smollm2_gguf().suffix == ".gguf"
+
+
+def test_missing_demo_package_names_the_extra(monkeypatch):
+    from qviz.io import demo
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == demo.MINILM_PACKAGE else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'qviz\[demo\]'"):
+        demo.minilm_dir()
+
+
+def _modules():
+    return [m.name for m in pkgutil.walk_packages(qviz.__path__, "qviz.")]
+
+
+@pytest.mark.parametrize("name", ["qviz", "qviz.api", "qviz.metrics", "qviz.formats.rtn",
+                                  "qviz.formats.pack", "qviz.io.demo"])
+def test_docstring_examples_run(name):
+    mod = importlib.import_module(name)
+    failed, attempted = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert attempted > 0 and failed == 0
+
+
+def test_numba_kernels_never_use_fastmath():
+    from numba.core.registry import CPUDispatcher
+
+    found = 0
+    for name in _modules():
+        if not name.startswith("qviz.kernels.numba"):
+            continue
+        mod = importlib.import_module(name)
+        for attr, obj in vars(mod).items():
+            if isinstance(obj, CPUDispatcher):
+                found += 1
+                assert not obj.targetoptions.get("fastmath"), f"{name}.{attr} uses fastmath"
+                assert obj._cache.__class__.__name__ != "NullCache", f"{name}.{attr} lacks cache=True"
+    assert found >= 4
