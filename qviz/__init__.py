@@ -26,6 +26,7 @@ _EXPORTS = {
     "method_names": ("qviz.api", "method_names"),
     "QuantResult": ("qviz.result", "QuantResult"),
     "FORMATS": ("qviz.formats.spec", "FORMATS"),
+    "imatrix": ("qviz.io.calib", "imatrix"),
     "metrics": ("qviz.metrics", None),
     "demo": ("qviz.io.demo", None),
 }

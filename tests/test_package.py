@@ -43,7 +43,7 @@ def _modules():
 
 
 @pytest.mark.parametrize("name", ["qviz", "qviz.api", "qviz.metrics", "qviz.formats.rtn",
-                                  "qviz.formats.pack", "qviz.io.demo"])
+                                  "qviz.formats.pack", "qviz.io.demo", "qviz.io.calib"])
 def test_docstring_examples_run(name):
     mod = importlib.import_module(name)
     failed, attempted = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
@@ -64,3 +64,24 @@ def test_numba_kernels_never_use_fastmath():
                 assert not obj.targetoptions.get("fastmath"), f"{name}.{attr} uses fastmath"
                 assert obj._cache.__class__.__name__ != "NullCache", f"{name}.{attr} lacks cache=True"
     assert found >= 4
+
+
+def test_readme_example_runs(tmp_path):
+    """The README's first Python block runs as a newcomer would paste it."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "4.1562" in out.stdout and "GB" in out.stdout
+
+
+def test_imatrix_validates_width():
+    import numpy as np
+
+    x = np.ones((4, 8), np.float32)
+    np.testing.assert_array_equal(qviz.imatrix(x), np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="8 columns but the weight has 16"):
+        qviz.imatrix(x, 16)
