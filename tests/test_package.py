@@ -43,7 +43,8 @@ def _modules():
 
 
 @pytest.mark.parametrize("name", ["qviz", "qviz.api", "qviz.metrics", "qviz.formats.rtn",
-                                  "qviz.formats.pack", "qviz.io.demo", "qviz.io.calib"])
+                                  "qviz.formats.pack", "qviz.io.demo", "qviz.io.calib",
+                                  "qviz.io.gguf"])
 def test_docstring_examples_run(name):
     mod = importlib.import_module(name)
     failed, attempted = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
