@@ -36,11 +36,12 @@ def fp16_bits(x: float) -> int:
 
     Written with ``math.frexp`` and ``np.rint`` so numba compiles it for use
     inside kernels; equals ``np.float16(np.float32(x)).view(np.uint16)``.
-    NaN maps to 0x7E00.
+    NaN maps to the quiet NaN 0x7E00 with its sign kept (x86's default NaN,
+    from 0/0 or inf-inf, is negative: 0xFE00, as ggml stores it).
     """
+    sign = 0x8000 if math.copysign(1.0, x) < 0.0 else 0
     if x != x:
-        return 0x7E00
-    sign = 0x8000 if (x < 0.0 or (x == 0.0 and math.copysign(1.0, x) < 0.0)) else 0
+        return sign | 0x7E00
     a = abs(x)
     if a == 0.0:
         return sign

