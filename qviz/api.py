@@ -63,6 +63,42 @@ def quantize_rtn(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bo
                        info={"sym": sym, "per_tensor": per_tensor})
 
 
+def quantize_gptq(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bool = False,
+                  act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
+                  blocksize: int = 128, calib=None, hessian=None) -> QuantResult:
+    """GPTQ (Frantar et al. 2022, Algorithm 1), as IST-DASLab/gptq's ``fasterquant``.
+
+    See :mod:`qviz.algorithms.gptq`. The grid is RTN's (same scales, zeros, codes
+    rule); GPTQ chooses what each weight rounds from.
+
+    Parameters
+    ----------
+    w : ndarray, shape (n_rows, n_cols), float32
+    bits, group_size, sym
+        As for ``"rtn"``.
+    act_order : bool
+        Quantize columns by descending Hessian diagonal; the result's
+        ``g_idx`` gives each column's group when groups are not contiguous.
+    static_groups : bool
+        Fix every group's scale/zero up front from the original weights.
+    damp : float
+        Damping, a fraction of mean(diag(H)); raised ×10 while the Cholesky fails.
+    blocksize : int
+        Columns per lazy batch update.
+    calib : array_like, shape (n_samples, n_cols), optional
+        The layer's input activations; ``H = (2/n)·XᵀX``.
+    hessian : array_like, shape (n_cols, n_cols), optional
+        A precomputed Hessian instead of ``calib`` (exactly one is required).
+    """
+    _check_bits(bits)
+    g = _check_group_size(group_size, w.shape[1])
+    from qviz.algorithms import gptq  # torch loads only when GPTQ runs
+
+    H = gptq.resolve_hessian(w.shape[1], calib, hessian)
+    return gptq.gptq(w, H, gptq.RTNFormat(int(bits), bool(sym), g), act_order=act_order,
+                     static_groups=static_groups, damp=damp, blocksize=blocksize)
+
+
 def _gguf_modules(name: str, backend: str):
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; valid backends: {', '.join(BACKENDS)}")
@@ -158,7 +194,7 @@ def gguf_result(name: str, packed: np.ndarray) -> QuantResult:
 
 
 #: method name -> function(w, **options) -> QuantResult
-METHODS = {"rtn": quantize_rtn}
+METHODS = {"rtn": quantize_rtn, "gptq": quantize_gptq}
 
 
 def method_names() -> list[str]:

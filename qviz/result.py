@@ -16,7 +16,9 @@ class QuantResult:
     """A quantized 2-D weight, decoded into plain arrays.
 
     A weight in column ``j`` of row ``i`` belongs to group ``g = j // group_size``
-    (the last group of a row may be shorter). It decodes as
+    (the last group of a row may be shorter), or ``g = g_idx[j]`` when ``g_idx``
+    is given (GPTQ with act_order, whose groups follow the visiting order). It
+    decodes as
 
     * ``scales[i, g] * (codes[i, j] - zero)`` with ``zero = zeros[i, g]``
       (asymmetric RTN/GPTQ/AWQ), or the implied ``2**(bits-1)`` when ``zeros``
@@ -52,6 +54,9 @@ class QuantResult:
         Non-uniform levels indexed by the codes.
     packed : ndarray, shape (n_rows, row_bytes), uint8, or None
         Exact storage bytes where a format defines them (every GGUF type).
+    g_idx : ndarray, shape (n_cols,), int32, or None
+        Group id of every column when groups are not runs of consecutive
+        columns (stored as int32 per column, as GPTQ checkpoints do).
     info : Mapping
         Diagnostics only (losses, search results); nothing needed to decode.
     """
@@ -66,11 +71,14 @@ class QuantResult:
     mins: np.ndarray | None = None
     codebook: np.ndarray | None = None
     packed: np.ndarray | None = None
+    g_idx: np.ndarray | None = None
     info: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def n_groups(self) -> int:
         """Groups per row."""
+        if self.g_idx is not None:
+            return self.scales.shape[1]
         return -(-self.shape[1] // self.group_size)
 
     @property
@@ -97,6 +105,8 @@ class QuantResult:
             total += self.mins.size * PARAM_BITS
         if self.codebook is not None:
             total += self.codebook.size * PARAM_BITS
+        if self.g_idx is not None:
+            total += self.g_idx.size * 32
         return int(total)
 
     @property
@@ -106,7 +116,10 @@ class QuantResult:
 
     def _expand(self, p: np.ndarray) -> np.ndarray:
         """Broadcast per-group parameters (rows|1, n_groups) to (n_rows, n_cols)."""
-        p = np.repeat(p, self.group_size, axis=1)[:, : self.shape[1]]
+        if self.g_idx is not None:
+            p = np.take(p, self.g_idx, axis=1)
+        else:
+            p = np.repeat(p, self.group_size, axis=1)[:, : self.shape[1]]
         return np.broadcast_to(p, self.shape)
 
     @property

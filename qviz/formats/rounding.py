@@ -22,12 +22,16 @@ def nearest_int(x: float) -> int:
 
 
 def round_away(x: float) -> float:
-    """C ``roundf``: round half away from zero."""
-    return math.copysign(math.floor(abs(x) + 0.5), x)
+    """C ``roundf``: round half away from zero.
+
+    The ``+ 0.5`` runs in float64: in float32 it would round 0.49999997 up to 1.
+    """
+    return math.copysign(math.floor(abs(float(x)) + 0.5), x)
 
 
 def round_away_array(x: np.ndarray) -> np.ndarray:
-    """Vectorized :func:`round_away` (C ``roundf``)."""
+    """Vectorized :func:`round_away` (C ``roundf``), exact for float32 input."""
+    x = np.asarray(x, dtype=np.float64)
     return np.copysign(np.floor(np.abs(x) + 0.5), x)
 
 
