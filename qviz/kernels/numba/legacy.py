@@ -214,52 +214,82 @@ def _quantize_iq4_nl(x, imatrix, out):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _dequantize_nibbles(packed, out, size, offset):
-    """Q4_0 (offset 8, size 18) and Q4_1 (offset 0, size 20, with m): ``(q - offset)*d [+ m]``."""
+def _dequantize_q4_0(packed, out):
+    """Q4_0: ``(q - 8) * d``."""
     n_rows, n_cols = out.shape
     for r in prange(n_rows):
         p = packed[r]
+        y = out[r]
         for b in range(n_cols // QK):
-            o = b * size
+            o = b * Q4_0_SIZE
             d = _get_fp16(p, o)
-            y = out[r, b * QK:(b + 1) * QK]
-            if size == Q4_1_SIZE:
-                m = _get_fp16(p, o + 2)
-                for j in range(16):
-                    q = np.int64(p[o + 4 + j])
-                    y[j] = F32(q & 0xF) * d + m
-                    y[j + 16] = F32(q >> 4) * d + m
-            else:
-                for j in range(16):
-                    q = np.int64(p[o + 2 + j])
-                    y[j] = F32((q & 0xF) - offset) * d
-                    y[j + 16] = F32((q >> 4) - offset) * d
+            base = b * QK
+            for j in range(16):
+                q = np.int32(p[o + 2 + j])
+                y[base + j] = F32((q & 0xF) - 8) * d
+                y[base + j + 16] = F32((q >> 4) - 8) * d
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _dequantize_5bit(packed, out, size):
-    """Q5_0 (size 22): ``(q - 16)*d``; Q5_1 (size 24): ``q*d + m``."""
+def _dequantize_q4_1(packed, out):
+    """Q4_1: ``q * d + m``."""
     n_rows, n_cols = out.shape
     for r in prange(n_rows):
         p = packed[r]
+        y = out[r]
         for b in range(n_cols // QK):
-            o = b * size
+            o = b * Q4_1_SIZE
             d = _get_fp16(p, o)
-            y = out[r, b * QK:(b + 1) * QK]
-            h = o + size - 20  # qh
-            qh = (np.int64(p[h]) | (np.int64(p[h + 1]) << 8)
-                  | (np.int64(p[h + 2]) << 16) | (np.int64(p[h + 3]) << 24))
-            if size == Q5_1_SIZE:
-                m = _get_fp16(p, o + 2)
-                for j in range(16):
-                    q = np.int64(p[o + 8 + j])
-                    y[j] = F32((q & 0xF) | (((qh >> j) << 4) & 0x10)) * d + m
-                    y[j + 16] = F32((q >> 4) | ((qh >> (j + 12)) & 0x10)) * d + m
-            else:
-                for j in range(16):
-                    q = np.int64(p[o + 6 + j])
-                    y[j] = F32(((q & 0xF) | (((qh >> j) << 4) & 0x10)) - 16) * d
-                    y[j + 16] = F32(((q >> 4) | ((qh >> (j + 12)) & 0x10)) - 16) * d
+            m = _get_fp16(p, o + 2)
+            base = b * QK
+            for j in range(16):
+                q = np.int32(p[o + 4 + j])
+                y[base + j] = F32(q & 0xF) * d + m
+                y[base + j + 16] = F32(q >> 4) * d + m
+
+
+@njit(**JIT_OPTIONS)
+def _get_qh(p, off):
+    """The 4-byte little-endian ``qh`` word at ``p[off:off+4]``."""
+    return (np.int64(p[off]) | (np.int64(p[off + 1]) << 8)
+            | (np.int64(p[off + 2]) << 16) | (np.int64(p[off + 3]) << 24))
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _dequantize_q5_0(packed, out):
+    """Q5_0: ``(q - 16) * d``, bit 4 of code j in bit j of ``qh``."""
+    n_rows, n_cols = out.shape
+    for r in prange(n_rows):
+        p = packed[r]
+        y = out[r]
+        for b in range(n_cols // QK):
+            o = b * Q5_0_SIZE
+            d = _get_fp16(p, o)
+            qh = _get_qh(p, o + 2)
+            base = b * QK
+            for j in range(16):
+                q = np.int64(p[o + 6 + j])
+                y[base + j] = F32(((q & 0xF) | (((qh >> j) << 4) & 0x10)) - 16) * d
+                y[base + j + 16] = F32(((q >> 4) | ((qh >> (j + 12)) & 0x10)) - 16) * d
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _dequantize_q5_1(packed, out):
+    """Q5_1: ``q * d + m``, bit 4 of code j in bit j of ``qh``."""
+    n_rows, n_cols = out.shape
+    for r in prange(n_rows):
+        p = packed[r]
+        y = out[r]
+        for b in range(n_cols // QK):
+            o = b * Q5_1_SIZE
+            d = _get_fp16(p, o)
+            m = _get_fp16(p, o + 2)
+            qh = _get_qh(p, o + 4)
+            base = b * QK
+            for j in range(16):
+                q = np.int64(p[o + 8 + j])
+                y[base + j] = F32((q & 0xF) | (((qh >> j) << 4) & 0x10)) * d + m
+                y[base + j + 16] = F32((q >> 4) | ((qh >> (j + 12)) & 0x10)) * d + m
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -268,12 +298,13 @@ def _dequantize_q8_0(packed, out):
     n_rows, n_cols = out.shape
     for r in prange(n_rows):
         p = packed[r]
+        y = out[r]
         for b in range(n_cols // QK):
             o = b * Q8_0_SIZE
             d = _get_fp16(p, o)
-            y = out[r, b * QK:(b + 1) * QK]
+            base = b * QK
             for j in range(QK):
-                y[j] = F32(np.int8(p[o + 2 + j])) * d  # the byte read as int8
+                y[base + j] = F32(np.int8(p[o + 2 + j])) * d  # the byte read as int8
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -283,14 +314,15 @@ def _dequantize_iq4_nl(packed, out):
     levels = KVALUES_IQ4NL.astype(F32)
     for r in prange(n_rows):
         p = packed[r]
+        y = out[r]
         for b in range(n_cols // QK):
             o = b * IQ4_NL_SIZE
             d = _get_fp16(p, o)
-            y = out[r, b * QK:(b + 1) * QK]
+            base = b * QK
             for j in range(16):
-                q = np.int64(p[o + 2 + j])
-                y[j] = d * levels[q & 0xF]
-                y[j + 16] = d * levels[q >> 4]
+                q = np.int32(p[o + 2 + j])
+                y[base + j] = d * levels[q & 0xF]
+                y[base + j + 16] = d * levels[q >> 4]
 
 
 # ---------------------------------------------------------- public names
@@ -354,28 +386,28 @@ def quantize_iq4_nl(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32]
 def dequantize_q4_0(packed: np.ndarray) -> np.ndarray:
     """Q4_0 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q4_0``."""
     out = _cols("Q4_0", packed)
-    _dequantize_nibbles(packed, out, Q4_0_SIZE, 8)
+    _dequantize_q4_0(packed, out)
     return out
 
 
 def dequantize_q4_1(packed: np.ndarray) -> np.ndarray:
     """Q4_1 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q4_1``."""
     out = _cols("Q4_1", packed)
-    _dequantize_nibbles(packed, out, Q4_1_SIZE, 0)
+    _dequantize_q4_1(packed, out)
     return out
 
 
 def dequantize_q5_0(packed: np.ndarray) -> np.ndarray:
     """Q5_0 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q5_0``."""
     out = _cols("Q5_0", packed)
-    _dequantize_5bit(packed, out, Q5_0_SIZE)
+    _dequantize_q5_0(packed, out)
     return out
 
 
 def dequantize_q5_1(packed: np.ndarray) -> np.ndarray:
     """Q5_1 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q5_1``."""
     out = _cols("Q5_1", packed)
-    _dequantize_5bit(packed, out, Q5_1_SIZE)
+    _dequantize_q5_1(packed, out)
     return out
 
 
