@@ -99,6 +99,82 @@ def quantize_gptq(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: b
                      static_groups=static_groups, damp=damp, blocksize=blocksize)
 
 
+
+def quantize_awq(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bool = False,
+                 calib=None, duo_scaling: bool = False, clip: bool = True,
+                 device=None) -> QuantResult:
+    """AWQ (Lin et al. 2024), as mit-han-lab/llm-awq's auto_scale and auto_clip.
+
+    See :mod:`qviz.algorithms.awq`. The codes, scales and zeros are those of the
+    scaled weight ``W·diag(s)``; ``info["input_scale"]`` holds ``s`` and the
+    layer's own weight is ``dequantize() / info["input_scale"]``.
+
+    Parameters
+    ----------
+    w : ndarray, shape (n_rows, n_cols), float32
+    bits, group_size : int
+        AWQ's ``w_bit`` (4) and ``q_group_size`` (128; -1 per channel).
+    sym : bool
+        No zero point (AWQ's ``zero_point=False``).
+    calib : array_like, shape (n_samples, n_cols)
+        The layer's input activations (required).
+    duo_scaling : bool
+        AutoAWQ's ``s = mean|x|^α / mean|w|^(1-α)``.
+    clip : bool
+        Search the clip (pass False for query/key projections).
+    device : str, optional
+        ``"cpu"`` (default) or ``"cuda"``.
+    """
+    _check_bits(bits)
+    g = _check_group_size(group_size, w.shape[1])
+    if calib is None:
+        raise ValueError(
+            f"AWQ needs the layer's input activations: pass calib= of shape (n_samples, {w.shape[1]}), "
+            f"e.g. captured with a forward hook on the nn.Linear "
+            f"(layer.register_forward_hook(lambda m, args, out: xs.append(args[0]))) while running the "
+            f"model on some text (see qviz.io.calib); a few hundred tokens are enough")
+    from qviz.algorithms import awq  # torch loads only when AWQ runs
+
+    return awq.awq(w, calib, awq.AWQFormat(int(bits), g, zero_point=not sym),
+                   duo_scaling=duo_scaling, clip=clip, device=device)
+
+
+def quantize_kmeans(w: np.ndarray, *, bits: int = 3, importance=None, n_init: int = 1,
+                    random_state: int = 0) -> QuantResult:
+    """Per-row weighted k-means codebooks of ``2**bits`` centroids (SqueezeLLM).
+
+    See :mod:`qviz.algorithms.codebook`.
+
+    Parameters
+    ----------
+    w : ndarray, shape (n_rows, n_cols), float32
+    bits : int
+        2..8.
+    importance : array_like, shape (n_cols,), optional
+        Column weights of the k-means objective (e.g. ``qviz.imatrix(x)``).
+    n_init, random_state : int
+        scikit-learn ``KMeans`` starts and seed.
+    """
+    from qviz.algorithms import codebook
+
+    return codebook.kmeans(w, bits, importance, n_init=n_init, random_state=random_state)
+
+
+def quantize_nf4(w: np.ndarray, *, group_size: int = 64) -> QuantResult:
+    """QLoRA's NF4: 16 normal-float levels times each block's absmax (fp16).
+
+    See :mod:`qviz.algorithms.codebook`.
+
+    Parameters
+    ----------
+    w : ndarray, shape (n_rows, n_cols), float32
+    group_size : int
+        Columns per block (64; -1 per row).
+    """
+    from qviz.algorithms import codebook
+
+    return codebook.nf4(w, group_size)
+
 def _gguf_modules(name: str, backend: str):
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; valid backends: {', '.join(BACKENDS)}")
@@ -194,7 +270,8 @@ def gguf_result(name: str, packed: np.ndarray) -> QuantResult:
 
 
 #: method name -> function(w, **options) -> QuantResult
-METHODS = {"rtn": quantize_rtn, "gptq": quantize_gptq}
+METHODS = {"rtn": quantize_rtn, "gptq": quantize_gptq, "awq": quantize_awq,
+           "kmeans": quantize_kmeans, "nf4": quantize_nf4}
 
 
 def method_names() -> list[str]:
@@ -210,11 +287,13 @@ def quantize(weight, method: str = "rtn", **options) -> QuantResult:
     weight : ndarray, torch.Tensor or nn.Linear, shape (n_rows, n_cols)
         out × in, float16/bfloat16/float32/float64. Never modified.
     method : str
-        ``"rtn"`` or a GGUF type name (``"Q4_K"``, ``"Q8_0"``, …);
-        :func:`method_names` lists them all.
+        ``"rtn"``, ``"gptq"``, ``"awq"``, ``"kmeans"``, ``"nf4"`` or a GGUF type
+        name (``"Q4_K"``, ``"Q8_0"``, …); :func:`method_names` lists them all.
     **options
         The method's options: for ``"rtn"`` ``bits``, ``group_size``, ``sym``,
-        ``per_tensor``; for GGUF types ``imatrix``, ``backend``, ``fallback``.
+        ``per_tensor``; for ``"awq"`` also ``calib``, ``duo_scaling``, ``clip``,
+        ``device``; for ``"kmeans"`` ``bits``, ``importance``; for ``"nf4"``
+        ``group_size``; for GGUF types ``imatrix``, ``backend``, ``fallback``.
 
     Returns
     -------
