@@ -65,7 +65,7 @@ def quantize_rtn(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bo
 
 def quantize_gptq(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bool = False,
                   act_order: bool = False, static_groups: bool = False, damp: float = 0.01,
-                  blocksize: int = 128, calib=None, hessian=None) -> QuantResult:
+                  blocksize: int = 128, calib=None, hessian=None, device=None) -> QuantResult:
     """GPTQ (Frantar et al. 2022, Algorithm 1), as IST-DASLab/gptq's ``fasterquant``.
 
     See :mod:`qviz.algorithms.gptq`. The grid is RTN's (same scales, zeros, codes
@@ -89,12 +89,18 @@ def quantize_gptq(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: b
         The layer's input activations; ``H = (2/n)·XᵀX``.
     hessian : array_like, shape (n_cols, n_cols), optional
         A precomputed Hessian instead of ``calib`` (exactly one is required).
+    device : str, optional
+        Where the algorithm runs: ``"cpu"`` (default) or ``"cuda"``.
     """
     _check_bits(bits)
     g = _check_group_size(group_size, w.shape[1])
     from qviz.algorithms import gptq  # torch loads only when GPTQ runs
+    from qviz.arrays import torch_device
 
-    H = gptq.resolve_hessian(w.shape[1], calib, hessian)
+    dev = torch_device(device)
+    H = gptq.resolve_hessian(w.shape[1], calib, hessian).to(dev)
+    if dev.type != "cpu":
+        w = gptq._tensor(w, dev)
     return gptq.gptq(w, H, gptq.RTNFormat(int(bits), bool(sym), g), act_order=act_order,
                      static_groups=static_groups, damp=damp, blocksize=blocksize)
 

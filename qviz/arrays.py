@@ -95,3 +95,25 @@ def as_activations(obj, n_cols: int, *, name: str = "calib") -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
     check_finite(a, name)
     return a
+
+
+def torch_device(device):
+    """A ``torch.device`` for ``device`` (None: the CPU), refusing CUDA when torch has none.
+
+    Raises
+    ------
+    ValueError
+        For a name torch does not know, or ``"cuda"`` without a CUDA build/GPU.
+    """
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available in this torch "
+                         f"({torch.__version__}); use device='cpu' (or leave it None)")
+    return dev

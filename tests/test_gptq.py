@@ -263,3 +263,13 @@ def test_cuda_matches_cpu_within_float_noise(layer):
     # codes and losses 4e-4 apart.
     assert gpu.info["loss"] == pytest.approx(cpu.info["loss"], rel=1e-2)
     assert np.mean(gpu.codes == cpu.codes) > 0.95
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(layer):
+    w, H = layer
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        qviz.quantize(w, "gptq", hessian=H, device="cuda")
+    r = qviz.quantize(w, "gptq", hessian=H, device="cpu")
+    np.testing.assert_array_equal(r.codes, qviz.quantize(w, "gptq", hessian=H).codes)

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from qviz.algorithms.format import RTNFormat
-from qviz.arrays import as_activations, as_weight, check_finite
+from qviz.arrays import torch_device, as_activations, as_weight, check_finite
 from qviz.result import QuantResult
 
 __all__ = ["AWQFormat", "activation_mean", "apply_clip", "awq", "candidate_scale", "fake_quantize",
@@ -210,16 +210,9 @@ def _quantize(w: torch.Tensor, fmt: AWQFormat):
 
 def _device(device, like=None) -> torch.device:
     """The device to run on: ``device``, else that of ``like`` (a tensor), else the CPU."""
-    if device is None:
-        return like.device if isinstance(like, torch.Tensor) else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a torch device; use 'cpu' or 'cuda'") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available in this torch "
-                         f"({torch.__version__}); use device='cpu' (or leave it None)")
-    return dev
+    if device is None and isinstance(like, torch.Tensor):
+        return like.device
+    return torch_device(device)
 
 
 def _weight(w, device, name: str) -> torch.Tensor:
