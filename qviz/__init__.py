@@ -29,6 +29,12 @@ _EXPORTS = {
     "imatrix": ("qviz.io.calib", "imatrix"),
     "gguf": ("qviz.io.gguf", None),
     "metrics": ("qviz.metrics", None),
+    "explore": ("qviz.widgets.explore", "explore"),
+    "compare": ("qviz.widgets.compare", "compare"),
+    "scan": ("qviz.widgets.scan", "scan"),
+    "explore_gguf": ("qviz.widgets.gguf_file", "explore_gguf"),
+    "suggest_types": ("qviz.plan", "suggest_types"),
+    "report": ("qviz.html_report", "report"),
     "demo": ("qviz.io.demo", None),
 }
 

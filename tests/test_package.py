@@ -44,7 +44,10 @@ def _modules():
 
 @pytest.mark.parametrize("name", ["qviz", "qviz.api", "qviz.metrics", "qviz.formats.rtn",
                                   "qviz.formats.pack", "qviz.io.demo", "qviz.io.calib",
-                                  "qviz.io.gguf"])
+                                  "qviz.io.gguf", "qviz.io.export", "qviz.compat", "qviz.plan",
+                                  "qviz.widgets.scan", "qviz.widgets.gguf_file", "qviz.plots.gguf",
+                                  "qviz.plots.layer", "qviz.plots.compare", "qviz.widgets._layer",
+                                  "qviz.widgets.explore", "qviz.widgets.compare", "qviz.html_report"])
 def test_docstring_examples_run(name):
     mod = importlib.import_module(name)
     failed, attempted = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)

@@ -1,0 +1,136 @@
+"""How fast ``qviz.explore`` follows a control change, end to end in Python.
+
+On a random-normal 4096 × 4096 float32 layer (``--size``) with 128
+random-normal activation rows, an explorer is built, then its method control
+is set from Python exactly as a user's click would; each change returns once
+every figure and the metrics panel are updated (kernel side: no browser). For
+RTN, Q4_K and Q8_0:
+
+* uncached: the first time a setting is shown (quantize + summarize + draw),
+  with ``qviz.quantize`` alone timed next to it (the floor);
+* cached: the setting again, from the explorer's cache (draw only), median
+  of ``--repeats``.
+
+Then the bundled SmolLM2 GGUF's 49152 × 576 ``token_embd.weight`` is opened
+(``explore((path, name))``): time, the peak of Python-tracked memory
+(tracemalloc, numpy included) and how many numbers the figures hold.
+
+Usage::
+
+    python benchmarks/bench_explore.py [--size 4096] [--repeats 5] [--skip-embedding]
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import machine  # noqa: E402
+
+SETTINGS = {"RTN": ("rtn", {"bits": 4, "group_size": 128}), "Q4_K": ("Q4_K", {}), "Q8_0": ("Q8_0", {})}
+
+
+def _ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _switch(ex, method: str, options: dict) -> None:
+    """Set the controls as a user would: options first (while another method shows), then the method."""
+    ex._busy = True  # options of a method not on display: no update yet
+    for key, value in options.items():
+        ex.controls[key].value = value
+    ex._busy = False
+    ex.controls["method"].value = method
+    if ex.setting.method != method:
+        raise RuntimeError(f"the explorer did not switch to {method}: {ex.message.value}")
+
+
+def _figure_numbers(ex) -> int:
+    total = 0
+    for fw in ex.figures.values():
+        for trace in fw.data:
+            for key in ("x", "y", "z", "customdata"):
+                v = getattr(trace, key, None)
+                if v is not None:
+                    total += np.asarray(v, dtype=object).size
+    return total
+
+
+def bench_layer(size: int, repeats: int) -> None:
+    import qviz
+    from qviz.plots.summary import summarize
+    from qviz.widgets.explore import explore
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((size, size)) * 0.02).astype(np.float32)
+    x = rng.standard_normal((128, size)).astype(np.float32)
+    small = w[:8, :256].copy()
+    for method, options in (*SETTINGS.values(), ("Q5_0", {})):  # JIT / numba cache, untimed
+        summarize(qviz.quantize(small, method, **options), small)
+    t_build = _ms(lambda: explore(w, calib=x, method="Q5_0"))
+    ex = explore(w, calib=x, method="Q5_0")
+    print(f"\n{size} × {size} layer, 128 activation rows; explorer built in {t_build:.0f} ms")
+    print(f"{'setting':8} {'uncached ms':>12} {'quantize ms':>12} {'cached ms (median)':>19}")
+    for name, (method, options) in SETTINGS.items():
+        t_quant = _ms(lambda: qviz.quantize(w, method, **options))
+        t_first = _ms(lambda: _switch(ex, method, options))
+        cached = []
+        for _ in range(repeats):
+            _switch(ex, "Q5_0", {})
+            cached.append(_ms(lambda: _switch(ex, method, options)))
+        print(f"{name:8} {t_first:12.0f} {t_quant:12.0f} {statistics.median(cached):19.0f}")
+    sel = []
+    for k in range(repeats):
+        sel.append(_ms(lambda: ex.select(k * 7 % size, k)))
+    print(f"select a group (3 views): {statistics.median(sel):.0f} ms median")
+
+
+def bench_embedding() -> None:
+    import qviz
+    from qviz.widgets.explore import explore
+
+    path = qviz.demo.smollm2_gguf()
+    name = "token_embd.weight"
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    ex = explore((path, name))
+    t_open = (time.perf_counter() - t0) * 1e3
+    stored = ex.result.method
+    _, peak_open = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    t_switch = _ms(lambda: _switch(ex, "Q4_0", {}))
+    _, peak_switch = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    weight_mb = ex.layer.weight.nbytes / 1e6
+    print(f"\n{path.name} {name} {ex.layer.shape[0]} × {ex.layer.shape[1]} "
+          f"({stored}, decoded float32 {weight_mb:.0f} MB)")
+    print(f"open: {t_open:.0f} ms, peak traced memory {peak_open / 1e6:.0f} MB")
+    print(f"switch to Q4_0 (uncached): {t_switch:.0f} ms, peak traced memory {peak_switch / 1e6:.0f} MB")
+    print(f"numbers held by the figures: {_figure_numbers(ex):,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-embedding", action="store_true")
+    args = parser.parse_args()
+    print(machine())
+    bench_layer(args.size, args.repeats)
+    if not args.skip_embedding:
+        bench_embedding()
+
+
+if __name__ == "__main__":
+    main()

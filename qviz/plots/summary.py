@@ -1,0 +1,381 @@
+"""The numbers behind the layer figures: histograms, per-group errors, pooled grids.
+
+Pure numpy, no plotly. A figure never receives raw weights: :func:`summarize`
+reduces one :class:`~qviz.result.QuantResult` against its original weight to
+a :class:`LayerSummary` of bins, per-group errors and metrics, once per
+setting; the figures of :mod:`qviz.plots.layer` draw from it. Everything a
+summary keeps is bounded by the number of bins and groups, not weights.
+
+The weight is decoded in chunks of rows (numba's kernels for the GGUF types,
+``QuantResult.dequantize`` on a slice of rows otherwise), so the temporary
+memory is one float32 error matrix plus a chunk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from qviz.formats.spec import FORMATS, MODULES
+from qviz.result import QuantResult
+
+#: bins of every histogram
+N_BINS = 120
+#: a heatmap has at most this many cells along each axis
+MAX_CELLS = 256
+#: weights decoded at once
+CHUNK = 1 << 20
+
+
+class Histogram(NamedTuple):
+    """Counts in uniform bins.
+
+    edges : float64, (n_bins + 1,)   bin edges, ascending
+    counts : int64, (n_bins,)        values per bin
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def centers(self) -> np.ndarray:
+        """Bin centres, float64 (n_bins,)."""
+        return (self.edges[:-1] + self.edges[1:]) / 2
+
+    @property
+    def width(self) -> float:
+        """Width of one bin."""
+        return float(self.edges[1] - self.edges[0])
+
+
+def uniform_edges(lo: float, hi: float, n_bins: int = N_BINS) -> np.ndarray:
+    """``n_bins`` uniform bins over [lo, hi] (widened to ±0.5 around a single value)."""
+    lo, hi = float(lo), float(hi)
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, n_bins + 1)
+
+
+def histogram(values: np.ndarray, edges: np.ndarray) -> Histogram:
+    """Count ``values`` into ``edges``; values outside fall into the end bins.
+
+    Parameters
+    ----------
+    values : ndarray, any shape, float
+    edges : ndarray, shape (n_bins + 1,), float64
+        Uniform ascending edges from :func:`uniform_edges` (``numpy.histogram``'s
+        convention: the last bin is closed).
+    """
+    lo, hi = edges[0], edges[-1]
+    # bins + range, not the edges: numpy's uniform-bin path (no sort), same edges
+    counts, _ = np.histogram(values, len(edges) - 1, (lo, hi))
+    counts = counts.astype(np.int64)
+    counts[0] += np.count_nonzero(values < lo)
+    counts[-1] += np.count_nonzero(values > hi)
+    return Histogram(edges, counts)
+
+
+#: the weight histogram spans the central 1 - 2·TAIL of the weights (widened by WIDEN of that
+#: span, within [min, max]); rarer outliers land in the end bins instead of squeezing the bulk
+TAIL = 1e-4
+WIDEN = 0.25
+
+
+def histogram_range(w: np.ndarray) -> tuple[float, float]:
+    """The range of the weight histogram: [min, max], cut to the central weights when outliers dominate.
+
+    Parameters
+    ----------
+    w : ndarray, any shape, float32
+
+    Returns
+    -------
+    (float, float)
+        ``[q_TAIL − WIDEN·span, q_(1−TAIL) + WIDEN·span]`` clipped to
+        ``[min, max]``; quantiles of at most 2**20 evenly strided weights.
+    """
+    flat = w.reshape(-1)
+    sample = flat[:: max(1, flat.size >> 20)]
+    q_lo, q_hi = np.quantile(sample, [TAIL, 1 - TAIL])
+    span = float(q_hi - q_lo)
+    return (max(float(w.min()), float(q_lo) - WIDEN * span),
+            min(float(w.max()), float(q_hi) + WIDEN * span))
+
+
+class WeightStats(NamedTuple):
+    """What :func:`summarize` needs of the original weight, computed once.
+
+    hist : Histogram                   of the weights, N_BINS bins over :func:`histogram_range`
+    sum_sq : float                     Σ w², float64
+    x_reduced : float32 (k, n_cols) or None
+        Activations with the same Gram matrix as the given ones (``R`` of
+        ``X = QR`` when there are more samples than columns): ``‖X Eᵀ‖ = ‖R Eᵀ‖``.
+    output_sq : float                  ‖W Xᵀ‖², float64 (nan without activations)
+    """
+
+    hist: Histogram
+    sum_sq: float
+    x_reduced: np.ndarray | None
+    output_sq: float
+
+
+def _row_step(n_cols: int) -> int:
+    return max(1, CHUNK // n_cols)
+
+
+def _sum_sq_output(x: np.ndarray, m: np.ndarray) -> float:
+    """‖x mᵀ‖² in float64, over chunks of rows of ``m`` (float32 products).
+
+    Chunks are as large as an output of 4·CHUNK floats allows: few large
+    BLAS calls (many small ones thrash OpenBLAS's threads on a busy machine).
+    """
+    total = 0.0
+    step = max(1, 4 * CHUNK // x.shape[0])
+    for start in range(0, m.shape[0], step):
+        y = x @ m[start:start + step].T
+        total += float(np.square(y, dtype=np.float64).sum())
+    return total
+
+
+def weight_stats(w: np.ndarray, x: np.ndarray | None = None, n_bins: int = N_BINS) -> WeightStats:
+    """Histogram, Σw² and the output norm of a weight, for :func:`summarize`.
+
+    Parameters
+    ----------
+    w : ndarray, shape (n_rows, n_cols), float32
+    x : ndarray, shape (n_samples, n_cols), float32, optional
+        Activations for the relative output error.
+    n_bins : int
+    """
+    edges = uniform_edges(*histogram_range(w), n_bins)
+    counts = np.zeros(n_bins, np.int64)
+    sum_sq = 0.0
+    step = _row_step(w.shape[1])
+    for start in range(0, w.shape[0], step):
+        chunk = w[start:start + step]
+        counts += histogram(chunk, edges).counts
+        sum_sq += float(np.square(chunk, dtype=np.float64).sum())
+    x_reduced, output_sq = None, float("nan")
+    if x is not None:
+        x_reduced = x
+        if x.shape[0] > x.shape[1]:  # same Gram matrix, fewer rows: XᵀX = RᵀR
+            x_reduced = np.linalg.qr(x.astype(np.float64), mode="r").astype(np.float32)
+        output_sq = _sum_sq_output(x_reduced, w)
+    return WeightStats(Histogram(edges, counts), sum_sq, x_reduced, output_sq)
+
+
+def rows_of(result: QuantResult, start: int, stop: int) -> QuantResult:
+    """Rows ``start:stop`` of a result, as a result of its own (views, no copies)."""
+    def cut(p):
+        if p is None or p.ndim == 1 or p.shape[0] == 1:
+            return p  # per-tensor parameters and shared codebooks broadcast
+        return p[start:stop]
+
+    stop = min(stop, result.shape[0])
+    return dataclasses.replace(
+        result, shape=(stop - start, result.shape[1]), codes=result.codes[start:stop],
+        scales=cut(result.scales), zeros=cut(result.zeros), mins=cut(result.mins),
+        codebook=cut(result.codebook),
+        packed=None if result.packed is None else result.packed[start:stop])
+
+
+def decode_rows(result: QuantResult, start: int, stop: int) -> np.ndarray:
+    """Dequantized rows ``start:stop``, float32 (stop - start, n_cols).
+
+    GGUF types decode their packed bytes with the numba kernel (bit-identical
+    to ``QuantResult.dequantize`` and ggml's to_float), the rest through
+    ``QuantResult.dequantize`` of the rows.
+    """
+    if result.packed is not None and result.method in FORMATS:
+        kernel = importlib.import_module(f"qviz.{MODULES[FORMATS[result.method].family][1]}")
+        packed = np.ascontiguousarray(result.packed[start:stop])
+        return getattr(kernel, f"dequantize_{result.method.lower()}")(packed)
+    return rows_of(result, start, stop).dequantize()
+
+
+def group_columns(result: QuantResult, group: int) -> np.ndarray:
+    """Column indices of group ``group`` (int64, ascending)."""
+    if result.g_idx is not None:
+        return np.flatnonzero(result.g_idx == group)
+    g = result.group_size
+    return np.arange(group * g, min((group + 1) * g, result.shape[1]))
+
+
+def group_mean_abs_error(abs_err: np.ndarray, result: QuantResult) -> np.ndarray:
+    """Mean |error| of every group.
+
+    Parameters
+    ----------
+    abs_err : ndarray, shape (n_rows, n_cols), float32
+        |W − Ŵ| of some rows.
+    result : QuantResult
+        Gives the grouping (``group_size``, or ``g_idx``).
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_groups), float32
+    """
+    n_rows, n_cols = abs_err.shape
+    n_groups = result.n_groups
+    if result.g_idx is not None:  # groups follow GPTQ's visiting order
+        onehot = np.zeros((n_cols, n_groups), np.float32)
+        onehot[np.arange(n_cols), result.g_idx] = 1
+        counts = onehot.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (abs_err @ onehot / counts).astype(np.float32)
+    g = result.group_size
+    if n_cols % g == 0:
+        return abs_err.reshape(n_rows, n_groups, g).mean(axis=2, dtype=np.float32)
+    starts = np.arange(0, n_cols, g)
+    sizes = np.diff(np.append(starts, n_cols)).astype(np.float32)
+    return (np.add.reduceat(abs_err, starts, axis=1) / sizes).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    """One result measured against its original weight: what the figures draw.
+
+    Attributes
+    ----------
+    result : QuantResult
+    weight_hist : Histogram
+        Original weights (shared by every setting of a layer).
+    dequant_hist : Histogram
+        Dequantized weights, in the same bins (values beyond them in the end bins).
+    error_hist : Histogram
+        W − Ŵ, in N_BINS bins over [−max|error|, max|error|].
+    group_error : ndarray, shape (n_rows, n_groups), float32
+        Mean |W − Ŵ| of every group.
+    metrics : dict
+        ``bits_per_weight``, ``mse``, ``sqnr_db``, ``max_abs_error`` and, with
+        activations, ``relative_output_error`` (as :func:`qviz.metrics.summary`).
+    """
+
+    result: QuantResult
+    weight_hist: Histogram
+    dequant_hist: Histogram
+    error_hist: Histogram
+    group_error: np.ndarray
+    metrics: dict
+
+    @property
+    def worst_group(self) -> tuple[int, int]:
+        """(row, group) with the largest mean |error|."""
+        return worst_in_block(self.group_error, 0, 0, self.group_error.shape)
+
+
+def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = None) -> LayerSummary:
+    """Measure ``result`` against the weight it came from.
+
+    Parameters
+    ----------
+    result : QuantResult
+    w : ndarray, shape result.shape, float32
+        The original weight.
+    stats : WeightStats, optional
+        :func:`weight_stats` of ``w`` (and the activations); computed here when
+        not given, without activations.
+
+    Returns
+    -------
+    LayerSummary
+
+    Notes
+    -----
+    The metrics match :func:`qviz.metrics.summary`: sums of squares in float64;
+    the output error's products ``X Eᵀ`` are float32 matrix products (relative
+    difference ~1e-6), on the QR-reduced activations of :class:`WeightStats`.
+    """
+    if tuple(w.shape) != tuple(result.shape):
+        raise ValueError(f"the weight has shape {w.shape} but the result is {result.shape}")
+    stats = weight_stats(w) if stats is None else stats
+    edges = stats.hist.edges
+    n_rows, n_cols = result.shape
+    err = np.empty((n_rows, n_cols), np.float32)  # W − Ŵ, the one full-size temporary
+    dq_counts = np.zeros(len(edges) - 1, np.int64)
+    group_error = np.empty((n_rows, result.n_groups), np.float32)
+    err_sq, max_err = 0.0, 0.0
+    step = _row_step(n_cols)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        dq = decode_rows(result, start, stop)
+        dq_counts += histogram(dq, edges).counts
+        e = np.subtract(w[start:stop], dq, out=err[start:stop])
+        err_sq += float(np.square(e, dtype=np.float64).sum())
+        np.abs(e, out=dq)
+        max_err = max(max_err, float(dq.max()))
+        group_error[start:stop] = group_mean_abs_error(dq, result)
+    n = n_rows * n_cols
+    metrics = {
+        "bits_per_weight": result.bits_per_weight,
+        "mse": err_sq / n,
+        "sqnr_db": float("inf") if err_sq == 0 else float(10 * np.log10(stats.sum_sq / err_sq)),
+        "max_abs_error": max_err,
+    }
+    if stats.x_reduced is not None and stats.output_sq > 0:
+        metrics["relative_output_error"] = _sum_sq_output(stats.x_reduced, err) / stats.output_sq
+    err_edges = uniform_edges(-max_err, max_err)
+    return LayerSummary(result, stats.hist, Histogram(edges, dq_counts),
+                        histogram(err, err_edges), group_error, metrics)
+
+
+def block_shape(n_rows: int, n_cols: int, max_cells: int = MAX_CELLS) -> tuple[int, int]:
+    """Rows and columns of a grid pooled into one heatmap cell."""
+    return math.ceil(n_rows / max_cells), math.ceil(n_cols / max_cells)
+
+
+class Pooled(NamedTuple):
+    """A grid aggregated to at most MAX_CELLS × MAX_CELLS cells.
+
+    values : float32 (n_y, n_x)     max or mean of each block
+    row_starts : int64 (n_y,)       first row of each cell
+    col_starts : int64 (n_x,)       first column (group) of each cell
+    block : (int, int)              rows × columns of a block (1 × 1: not pooled)
+    """
+
+    values: np.ndarray
+    row_starts: np.ndarray
+    col_starts: np.ndarray
+    block: tuple[int, int]
+
+
+def pool(grid: np.ndarray, how: str = "max", max_cells: int = MAX_CELLS) -> Pooled:
+    """Aggregate a (rows × groups) grid into blocks so that a heatmap stays small.
+
+    Parameters
+    ----------
+    grid : ndarray, shape (n_rows, n_cols), float
+    how : {"max", "mean"}
+        Max-pooling shows the worst cell of a block; mean the typical one.
+    max_cells : int
+
+    Returns
+    -------
+    Pooled
+        The last block of each axis may be partial; it aggregates what it has.
+    """
+    if how not in ("max", "mean"):
+        raise ValueError(f"how={how!r}; use 'max' or 'mean'")
+    n_rows, n_cols = grid.shape
+    br, bc = block_shape(n_rows, n_cols, max_cells)
+    ny, nx = math.ceil(n_rows / br), math.ceil(n_cols / bc)
+    padded = np.full((ny * br, nx * bc), np.nan, np.float32)
+    padded[:n_rows, :n_cols] = grid
+    blocks = padded.reshape(ny, br, nx, bc)
+    with np.errstate(invalid="ignore"):
+        values = np.nanmax(blocks, axis=(1, 3)) if how == "max" else np.nanmean(blocks, axis=(1, 3))
+    return Pooled(values.astype(np.float32), np.arange(ny) * br, np.arange(nx) * bc, (br, bc))
+
+
+def worst_in_block(group_error: np.ndarray, row: int, group: int,
+                   block: tuple[int, int]) -> tuple[int, int]:
+    """(row, group) of the largest mean |error| in the block starting at (row, group)."""
+    part = group_error[row:row + block[0], group:group + block[1]]
+    if part.size == 0:
+        raise IndexError(f"no group at (row, group) = ({row}, {group}) of a "
+                         f"{group_error.shape[0]} × {group_error.shape[1]} grid")
+    i, j = np.unravel_index(int(np.argmax(np.nan_to_num(part, nan=-1.0))), part.shape)
+    return row + int(i), group + int(j)

@@ -1,0 +1,115 @@
+"""``qviz.compare``: one layer under many settings, on the same activations.
+
+A table of the metrics and a Pareto plot of bits per weight against error;
+clicking a point opens that setting in :func:`qviz.explore` below the plot,
+sharing the layer (and so its cache of quantized settings).
+"""
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from qviz.plots import compare as compare_plots
+from qviz.plots import layer as layer_plots
+from qviz.widgets._layer import (METRIC_COLUMNS, Layer, Setting, error_key, measure,
+                                 needs_calibration, resolve, settings_of)
+from qviz.widgets.explore import Explorer
+
+
+class Comparison(widgets.VBox):
+    """The widget ``qviz.compare`` returns.
+
+    Attributes
+    ----------
+    layer : Layer
+    settings : list of Setting
+        In the order given.
+    outcomes : list
+        Per setting, its :class:`~qviz.plots.summary.LayerSummary` or the
+        error message it raised.
+    points : list of int
+        Point ``i`` of the plot is ``settings[points[i]]`` (failed settings
+        have no point).
+    table : HTML
+        One row per setting (class ``qviz-compare-table``).
+    figure : go.FigureWidget
+        Traces ``settings`` (one point per successful setting) and ``Pareto front``.
+    detail : VBox
+        Holds the explorer of the clicked point.
+    explorer : Explorer or None
+    """
+
+    def __init__(self, layer: Layer, settings: list[Setting]):
+        self.layer = layer
+        self.settings = settings
+        self.outcomes = measure(layer, settings)
+        self.points = [i for i, o in enumerate(self.outcomes) if not isinstance(o, str)]
+        key, name = error_key(layer)
+        labels = [s.label for s in settings]
+        self.table = widgets.HTML(compare_plots.table_html(
+            labels, [o if isinstance(o, str) else o.metrics for o in self.outcomes], METRIC_COLUMNS))
+        fig = compare_plots.pareto_figure(
+            [labels[i] for i in self.points],
+            [self.outcomes[i].metrics["bits_per_weight"] for i in self.points],
+            [self.outcomes[i].metrics.get(key, float("nan")) for i in self.points], name)
+        self.figure = go.FigureWidget(fig.update_layout(template=layer_plots.TEMPLATE))
+        self.figure.data[0].on_click(self._on_click)
+        self.detail = widgets.VBox()
+        self.explorer = None
+        acts = layer.calibration or "none (the error is the weight MSE)"
+        header = widgets.HTML(f"<b>{html.escape(layer.name)}</b> · {layer.shape[0]} × {layer.shape[1]} "
+                              f"weights, {len(settings)} settings<br><small>activations: "
+                              f"{html.escape(acts)}</small>")
+        super().__init__([header, self.table, self.figure, self.detail])
+        self.add_class("qviz-compare")
+
+    def _on_click(self, trace, points, state) -> None:
+        if points.point_inds:
+            self.show(self.points[points.point_inds[0]])
+
+    def show(self, index: int) -> Explorer:
+        """Explore ``settings[index]`` below the plot (replacing the previous one)."""
+        setting = self.settings[index]
+        self.explorer = Explorer(self.layer, setting)
+        self.detail.children = [widgets.HTML(f"<h4>{html.escape(setting.label)}</h4>"), self.explorer]
+        return self.explorer
+
+
+def compare(obj, methods, calib=None, *, weight=None) -> Comparison:
+    """Compare settings of one layer: a table and a Pareto plot (an ipywidgets VBox).
+
+    Parameters
+    ----------
+    obj
+        The layer, any kind :func:`qviz.explore` accepts.
+    methods : list
+        Method names (``"Q4_K"``) and ``(method, options)`` pairs
+        (``("rtn", {"bits": 3, "group_size": 64})``).
+    calib : array_like, shape (n_samples, n_cols), optional
+        Activations. Without them, settings that need some (GPTQ, AWQ, an
+        imatrix) get the explorer's default ones and the errors are relative
+        output errors on those; when none needs any, the error is the MSE.
+    weight : array_like, optional
+        The original weight behind a QuantResult ``obj``.
+
+    Returns
+    -------
+    Comparison
+        Its ``figure`` has one point per setting that worked; a setting that
+        failed shows its message in the table. Clicking a point opens it in
+        an explorer below.
+
+    Examples
+    --------
+    >>> import numpy as np, qviz
+    >>> w = np.random.default_rng(0).standard_normal((64, 512)).astype(np.float32)
+    >>> c = qviz.compare(w, ["Q4_K", "Q8_0", ("rtn", {"bits": 3})])
+    >>> [round(o.metrics["bits_per_weight"], 3) for o in c.outcomes]
+    [4.5, 8.5, 3.148]
+    """
+    settings = settings_of(methods)
+    wants = calib is not None or any(needs_calibration(s.method, s.kwargs) for s in settings)
+    layer, _ = resolve(obj, calib, weight=weight, default_calib=wants)
+    return Comparison(layer, settings)

@@ -1,0 +1,92 @@
+"""qviz.explore in a real browser: JupyterLab and Voila, headless Chromium.
+
+The notebook explores a real MiniLM layer (384 × 1536: Q4_K's 256-weight blocks
+fit its rows). The test runs it, waits for the plots, switches the method from
+RTN to Q4_K and checks that the histogram's traces changed and the metrics
+panel reads 4.5 bits per weight. Screenshots go to the artifacts folder; Voila's
+one of the whole explorer is also copied to docs/explorer.png for the README.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+pytest.importorskip("anywidget", reason="plotly's FigureWidget needs anywidget")
+
+REPO = Path(__file__).resolve().parents[2]
+CELL = 'import qviz\nqviz.explore(qviz.demo.layer("encoder.layer.0.output.dense"))'
+EXPLORER = ".qviz-explore"
+PLOT = f"{EXPLORER} .qviz-view-weights .js-plotly-plot"
+METHOD = f"{EXPLORER} .qviz-controls .widget-dropdown select"  # the first control: method
+#: ms to wait for the kernel (imports numpy, numba, plotly; quantizes) and for redraws
+KERNEL_MS, REDRAW_MS = 120_000, 60_000
+
+
+#: the weights histogram's traces as the browser holds them (plotly keeps them on its graph div)
+TRACES_JS = f"""JSON.stringify(document.querySelector('{PLOT}').data.map(
+    t => [t.name, Array.from(t.x || []), Array.from(t.y || [])]))"""
+
+
+def _traces(page) -> str:
+    return page.evaluate(f"() => {TRACES_JS}")
+
+
+def _metrics_show(page, text: str) -> None:
+    page.wait_for_function(
+        f"""() => {{ const m = document.querySelector('{EXPLORER} .qviz-metrics');
+                     return !!m && m.innerText.includes({text!r}); }}""", timeout=REDRAW_MS)
+
+
+def _switch_to_q4_k(page, artifacts, prefix: str) -> None:
+    page.wait_for_selector(f"{PLOT} svg.main-svg", timeout=KERNEL_MS)
+    _metrics_show(page, "bits per weight (rtn)")
+    # the plot's div exists before the widget has sent its traces
+    page.wait_for_function(f"() => {TRACES_JS}.includes('\"levels\"')", timeout=REDRAW_MS)
+    before = _traces(page)
+    assert '"weights"' in before and '"dequantized"' in before
+    page.screenshot(path=str(artifacts / f"{prefix}_rtn.png"), full_page=True)
+    method = page.locator(METHOD).first
+    assert method.input_value() == "RTN"  # ipywidgets 8 options carry their labels
+    method.select_option(label="Q4_K")
+    _metrics_show(page, "4.5 bits per weight (Q4_K)")
+    page.wait_for_function(f"(before) => {TRACES_JS} !== before", arg=before, timeout=REDRAW_MS)
+    after = _traces(page)
+    assert after != before and '"dequantized"' in after
+
+
+def test_explore_in_jupyterlab(lab_server, page, artifacts_dir, write_notebook):
+    write_notebook(lab_server.root / "explore.ipynb", [CELL])
+    page.goto(lab_server.url("/lab/tree/explore.ipynb?reset"), wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=KERNEL_MS)
+    page.wait_for_function(
+        """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+                   const k = w && w.sessionContext && w.sessionContext.session
+                             && w.sessionContext.session.kernel;
+                   return !!k && k.status === 'idle'; }""", timeout=KERNEL_MS)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # the plot, or a traceback (stderr that is only a warning or a progress bar is not one)
+    stderr = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+    page.wait_for_function(
+        f"""() => !!document.querySelector("{PLOT}") || Array.from(
+               document.querySelectorAll("{stderr}")).some(e => /Traceback|Error/.test(e.innerText))""",
+        timeout=KERNEL_MS)
+    if page.locator(PLOT).count() == 0:
+        pytest.fail("the cell failed:\n" + "\n".join(page.locator(stderr).all_inner_texts())[-3000:])
+    _switch_to_q4_k(page, artifacts_dir, "lab")
+    page.locator(".jp-OutputArea-output").last.screenshot(path=str(artifacts_dir / "lab_explore_q4_k.png"))
+    page.screenshot(path=str(artifacts_dir / "lab_full.png"))
+    widget_errors = [e for e in page.errors if "widget" in e.lower()]
+    assert not widget_errors, widget_errors
+
+
+def test_explore_in_voila(voila_server, tmp_path, page, artifacts_dir, write_notebook):
+    srv = voila_server(write_notebook(tmp_path / "explore.ipynb", [CELL]))
+    page.goto(srv.url("/"), wait_until="domcontentloaded")
+    _switch_to_q4_k(page, artifacts_dir, "voila")
+    shot = artifacts_dir / "voila_explore_q4_k.png"
+    page.locator(EXPLORER).first.screenshot(path=str(shot))  # the page scrolls: all of it
+    (REPO / "docs").mkdir(exist_ok=True)
+    shutil.copyfile(shot, REPO / "docs" / "explorer.png")
