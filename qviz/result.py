@@ -132,19 +132,33 @@ class QuantResult:
 
         The order of operations is ggml's, so GGUF types decode bit-exactly.
         """
-        s = self._expand(self.scales.astype(np.float32))
+        rows, cols = self.shape
+        if self.g_idx is None and cols % self.group_size == 0:
+            # whole groups: (rows, n_groups, group_size) against (rows|1, n_groups, 1) parameters
+            codes = self.codes.reshape(rows, cols // self.group_size, self.group_size)
+
+            def param(p):
+                return p.astype(np.float32)[:, :, None]
+        else:
+            codes = self.codes
+
+            def param(p):
+                return self._expand(p.astype(np.float32))
+
+        s = param(self.scales)
         if self.codebook is not None:
             cb = self.codebook.astype(np.float32)
             if cb.ndim == 1:
-                vals = cb[self.codes]
+                vals = cb[codes]
             else:
-                vals = np.take_along_axis(cb, self.codes.astype(np.intp), axis=1)
-            return (s * vals).astype(np.float32)
-        q = self.codes.astype(np.float32)
-        if self.mins is not None:
-            return (s * q - self._expand(self.mins.astype(np.float32))).astype(np.float32)
-        z = self.implied_zero if self.zeros is None else self._expand(self.zeros.astype(np.float32))
-        return (s * (q - z)).astype(np.float32)
+                vals = np.take_along_axis(cb, self.codes.astype(np.intp), axis=1).reshape(codes.shape)
+            out = s * vals
+        elif self.mins is not None:
+            out = s * codes.astype(np.float32) - param(self.mins)
+        else:
+            z = np.float32(self.implied_zero) if self.zeros is None else param(self.zeros)
+            out = s * (codes.astype(np.float32) - z)
+        return out.astype(np.float32, copy=False).reshape(rows, cols)
 
     def levels(self, row: int, group: int) -> np.ndarray:
         """The values group ``group`` of row ``row`` can represent, ascending.
