@@ -65,13 +65,6 @@ def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def _layer_weight(r: QuantResult, input_scale=None) -> np.ndarray:
-    """The layer's own decoded weight: ``dequantize()``, columns ÷ AWQ's ``s`` when there is one."""
-    s = r.info.get("input_scale") if input_scale is None else input_scale
-    w_hat = r.dequantize()
-    return w_hat if s is None else (w_hat / np.asarray(s, np.float32)[None, :]).astype(np.float32)
-
-
 class _AffineQuantizer:
     """Shared body of the GPTQ and AWQ quantizers: affine int codes per group.
 
@@ -136,8 +129,8 @@ class _AffineQuantizer:
             "g_idx": None if r.g_idx is None else _tensor(r.g_idx),
             "result": r,
         }
-        if "input_scale" in r.info:  # AWQ: the codes are those of W·diag(s)
-            d["input_scale"] = _tensor(r.info["input_scale"])
+        if r.input_scale is not None:  # AWQ: the codes are those of W·diag(s)
+            d["input_scale"] = _tensor(r.input_scale)
         return d
 
     def dequantize(self, quantized, scales=None, zeros=None, g_idx=None, input_scale=None):
@@ -187,14 +180,14 @@ class _AffineQuantizer:
             raise ValueError(f"scales has shape {scales.shape}; codes {codes.shape} in groups of "
                              f"{g} need ({n_rows}, {n_groups})")
         z = None if zeros is None else np.broadcast_to(_numpy(zeros).astype(np.float32), scales.shape)
+        s = None
+        if input_scale is not None:
+            s = _numpy(input_scale).astype(np.float32).reshape(-1)
+            if s.shape != (n_cols,):
+                raise ValueError(f"input_scale has {s.shape[0]} values; the codes have {n_cols} columns")
         r = QuantResult(self.method, (n_rows, n_cols), self.bits, g, codes.astype(np.uint8),
-                        scales, z, g_idx=g_idx)
-        if input_scale is None:
-            return _tensor(r.dequantize())
-        s = _numpy(input_scale).astype(np.float32).reshape(-1)
-        if s.shape != (n_cols,):
-            raise ValueError(f"input_scale has {s.shape[0]} values; the codes have {n_cols} columns")
-        return _tensor(_layer_weight(r, s))
+                        scales, z, g_idx=g_idx, input_scale=s)
+        return _tensor(r.dequantize())
 
 
 class GPTQQuantizer(_AffineQuantizer):
@@ -596,7 +589,7 @@ class QuantizedModel:
         original_bytes = sum(p.numel() * p.element_size() for p in original.parameters())
         quantized_bytes = self._bytes()
         weights = _linear_weights(self.model)
-        sqnr = [sqnr_db(_numpy(weights[k].float()), _layer_weight(r)) for k, r in self.results.items()]
+        sqnr = [sqnr_db(_numpy(weights[k].float()), r.dequantize()) for k, r in self.results.items()]
         return {
             "original_memory_gb": original_bytes / 1024 ** 3,
             "quantized_memory_gb": quantized_bytes / 1024 ** 3,
@@ -619,7 +612,7 @@ class QuantizedModel:
 
         model = copy.deepcopy(self.model)
         weights = _linear_weights(model)
-        decoded = {**{k: _layer_weight(r) for k, r in self.results.items()}, **self.passthrough}
+        decoded = {**{k: r.dequantize() for k, r in self.results.items()}, **self.passthrough}
         with torch.no_grad():
             for key, w_hat in decoded.items():
                 w = weights[key]

@@ -57,6 +57,11 @@ class QuantResult:
     g_idx : ndarray, shape (n_cols,), int32, or None
         Group id of every column when groups are not runs of consecutive
         columns (stored as int32 per column, as GPTQ checkpoints do).
+    input_scale : ndarray, shape (n_cols,), float32, or None
+        AWQ's per-input-column scale ``s`` when it is not folded into the
+        preceding op: the codes are those of ``W·diag(s)`` and decoding
+        divides column ``j`` by ``s[j]`` (stored as fp16). ``levels`` are the
+        grid of the scaled weight.
     info : Mapping
         Diagnostics only (losses, search results); nothing needed to decode.
     """
@@ -72,6 +77,7 @@ class QuantResult:
     codebook: np.ndarray | None = None
     packed: np.ndarray | None = None
     g_idx: np.ndarray | None = None
+    input_scale: np.ndarray | None = None
     info: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -107,6 +113,8 @@ class QuantResult:
             total += self.codebook.size * PARAM_BITS
         if self.g_idx is not None:
             total += self.g_idx.size * 32
+        if self.input_scale is not None:
+            total += self.input_scale.size * PARAM_BITS
         return int(total)
 
     @property
@@ -158,7 +166,10 @@ class QuantResult:
         else:
             z = np.float32(self.implied_zero) if self.zeros is None else param(self.zeros)
             out = s * (codes.astype(np.float32) - z)
-        return out.astype(np.float32, copy=False).reshape(rows, cols)
+        out = out.astype(np.float32, copy=False).reshape(rows, cols)
+        if self.input_scale is not None:
+            out = out / self.input_scale.astype(np.float32)[None, :]
+        return out
 
     def levels(self, row: int, group: int) -> np.ndarray:
         """The values group ``group`` of row ``row`` can represent, ascending.

@@ -1,4 +1,5 @@
 """AWQ: identical to an oracle of llm-awq's searches, better than RTN on real MiniLM activations, clear errors."""
+import dataclasses
 import doctest
 import importlib
 
@@ -71,7 +72,9 @@ def assert_same_as_reference(r, ref):
         assert r.zeros is None
     else:
         np.testing.assert_array_equal(r.zeros, ref["zeros"].numpy())
-    np.testing.assert_array_equal(r.dequantize(), ref["w_q"].numpy())  # decodes to Q(W·s)
+    scaled = dataclasses.replace(r, input_scale=None).dequantize()
+    np.testing.assert_array_equal(scaled, ref["w_q"].numpy())  # the codes decode to Q(W·s)
+    np.testing.assert_array_equal(r.dequantize(), scaled / r.input_scale[None, :])  # the layer's own
 
 
 CASES = [  # (n_rows, n_cols, group_size, zero_point, duo_scaling, clip); 576 = 4·128 + 64
@@ -137,14 +140,17 @@ def test_result_decodes_the_scaled_weight_and_unscales_exactly(rng):
     r = qviz.quantize(w, "awq", calib=x)
     s = r.info["input_scale"]
     assert s.dtype == np.float32 and s.shape == (256,)
-    np.testing.assert_array_equal(unscaled_weight(r), r.dequantize() / s[None, :])
+    scaled = dataclasses.replace(r, input_scale=None).dequantize()  # Q(W·diag(s))
+    np.testing.assert_array_equal(unscaled_weight(r), scaled / s[None, :])
+    np.testing.assert_array_equal(r.input_scale, s)
     # the scaled weight's grid: each weight sits within half a step of Q(W·s) unless clipped
     ws = w * s[None, :]
     step = np.repeat(r.scales, 128, axis=1)
     clip = np.repeat(r.info["max_val"], 128, axis=1)
-    err = np.abs(np.clip(ws, -clip, clip) - r.dequantize())
+    err = np.abs(np.clip(ws, -clip, clip) - scaled)
     assert np.all(err <= step / 2 * (1 + 1e-5))  # half a step, float32 rounding of w/scale
-    assert r.bits_per_weight == 4 + (16 + 4) / 128  # fp16 scale + 4-bit zero per group of 128
+    # fp16 scale + 4-bit zero per group of 128, and an fp16 s per input column
+    assert r.bits_per_weight == 4 + (16 + 4) / 128 + 16 / 32
     assert r.levels(0, 1).shape == (16,)
 
 
@@ -153,7 +159,8 @@ def test_symmetric_grid_uses_the_implied_zero(rng):
     r = qviz.quantize(w, "awq", calib=inputs(rng, 64, 128), sym=True, clip=False)
     assert r.zeros is None and r.codes.max() <= 15 and r.info["zero_point"] is False
     ws = w * r.info["input_scale"]
-    np.testing.assert_array_equal(r.dequantize(), pseudo_quantize(torch.from_numpy(ws), 4, False, 128).numpy())
+    scaled = dataclasses.replace(r, input_scale=None).dequantize()
+    np.testing.assert_array_equal(scaled, pseudo_quantize(torch.from_numpy(ws), 4, False, 128).numpy())
 
 
 def test_grid_matches_the_oracle_and_takes_an_rtn_format(rng):

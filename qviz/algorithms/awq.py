@@ -560,7 +560,7 @@ def awq(W, X, fmt, *, duo_scaling: bool = False, clip: bool = True, device=None)
     }
     g = min(fmt.group_size, W.shape[1])
     return QuantResult("awq", tuple(W.shape), int(fmt.bits), int(g), _np(codes), _np(scales),
-                       None if zeros is None else _np(zeros), info=info)
+                       None if zeros is None else _np(zeros), input_scale=_np(search.scale), info=info)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -573,15 +573,16 @@ def unscaled_weight(result: QuantResult) -> np.ndarray:
     Parameters
     ----------
     result : QuantResult
-        From :func:`awq` (``info["input_scale"]`` holds ``s``).
+        From :func:`awq`: its ``input_scale`` field holds ``s``.
 
     Returns
     -------
     ndarray, shape (n_rows, n_cols), float32
-        ``result.dequantize() / s`` (columns divided by ``s`` in float32):
-        what multiplies the *unscaled* input ``x``.
+        ``result.dequantize()``, which divides the columns of the scaled
+        weight's decode by ``s`` in float32: what multiplies the *unscaled*
+        input ``x``.
     """
-    if "input_scale" not in result.info:
-        raise ValueError(f"this {result.method!r} result has no info['input_scale']; "
-                         f"unscaled_weight is for AWQ results")
-    return (result.dequantize() / result.info["input_scale"][None, :]).astype(np.float32)
+    if result.input_scale is None:
+        raise ValueError(f"this {result.method!r} result has no input_scale; "
+                         f"unscaled_weight is for AWQ results whose s is not folded away")
+    return result.dequantize()

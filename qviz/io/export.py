@@ -427,7 +427,7 @@ def export_awq(results: Mapping[str, QuantResult], folder: str | os.PathLike, *,
     AWQ's per-input-channel scaling ``s`` is not stored in the layer: AutoAWQ
     folds ``1/s`` into the preceding operation (a norm or linear). An "awq"
     result's codes and scales are those of ``W·diag(s)`` (``s`` is its
-    ``info["input_scale"]``), which is what is written here; divide the
+    ``input_scale``), which is what is written here; divide the
     preceding op by ``s`` (or pass it in ``extra``) for a runnable model.
     """
     results = _check_results(results)

@@ -185,7 +185,7 @@ class QuantLinear(nn.Module):
         else:
             if result.codebook is not None or result.mins is not None:
                 raise ValueError(f"a {result.method!r} result with a codebook or mins has no int-k layout")
-            s_in = result.info.get("input_scale") if result.method == "awq" else None
+            s_in = result.input_scale
             layer = cls(n_in, n_out, result.bits, result.group_size, bias=b is not None, order=order,
                         act_order=result.g_idx is not None, scale_dtype=scale_dtype, kernel=kernel,
                         input_scale=s_in is not None)

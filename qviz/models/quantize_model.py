@@ -183,7 +183,16 @@ class _Block:
         self.prefix = prefix  # the block's module name and a dot
 
     def run(self, hooks=None, pre_hooks=None):
-        """Run the block on every call; returns the outputs. ``hooks``: module -> fn(x2d, i)."""
+        """Run the block on every call and return its outputs.
+
+        Parameters
+        ----------
+        hooks : dict, optional
+            Module -> ``fn(x)``, called with the module's input rows (n, in),
+            padded positions left out.
+        pre_hooks : dict, optional
+            Module -> list of ``fn(args, kwargs)``, called before the module runs.
+        """
         import torch
 
         handles = []
@@ -194,11 +203,13 @@ class _Block:
                 m = self.masks[current["i"]]
                 if m is not None and tuple(x.shape[:-1]) == tuple(m.shape):
                     x = x[m.to(x.device).bool()]
-                fn(x.reshape(-1, x.shape[-1]), current["i"])
+                fn(x.reshape(-1, x.shape[-1]))
             handles.append(mod.register_forward_hook(hook))
-        for mod, fn in (pre_hooks or {}).items():
-            handles.append(mod.register_forward_pre_hook(
-                lambda module, args, kwargs, fn=fn: fn(args, kwargs, current["i"]), with_kwargs=True))
+        for mod, fns in (pre_hooks or {}).items():
+            def pre_hook(module, args, kwargs, fns=fns):
+                for fn in fns:
+                    fn(args, kwargs)
+            handles.append(mod.register_forward_pre_hook(pre_hook, with_kwargs=True))
         outs = []
         try:
             with torch.no_grad():
@@ -247,8 +258,8 @@ def _stages(block: _Block, linears: dict, true_sequential: bool):
     seen = []  # (input tensor, [names]) in call order
     by_module = {m: n for n, m in linears.items()}
 
-    def record(args, kwargs, i, name):
-        x = args[0] if args else kwargs.get("hidden_states")
+    def record(args, kwargs, name):
+        x = _input_of((args, kwargs))
         for t, names in seen:
             if t is x:
                 names.append(name)
@@ -256,15 +267,10 @@ def _stages(block: _Block, linears: dict, true_sequential: bool):
         seen.append((x, [name]))
 
     probe = _Block(block.block, block.calls[:1], block.masks[:1])
-    probe.run(pre_hooks={m: (lambda a, k, i, n=n: record(a, k, i, n)) for m, n in by_module.items()})
+    probe.run(pre_hooks={m: [lambda a, k, n=n: record(a, k, n)] for m, n in by_module.items()})
     stages = [names for _, names in seen]
     missing = [n for n in linears if not any(n in s for s in stages)]
     return stages + ([missing] if missing else [])
-
-
-def _layer_options(method: str, options: dict) -> dict:
-    """The options of a per-layer quantize call (model-level options removed)."""
-    return {k: v for k, v in options.items() if k not in ("true_sequential",)}
 
 
 def _embedding_method(method: str, options: dict) -> tuple[str, dict]:
@@ -441,7 +447,7 @@ def _outside_blocks(model, batches, targets, block_list, calibrate_one, progress
 def _gptq_model(model, batches, targets, options, true_sequential, results, progress):
     from tqdm.auto import tqdm
 
-    opts = _layer_options("gptq", options)
+    opts = options
     _, blocks = find_blocks(model)
     target_ids = {id(m) for m in targets.values()}
     if blocks is not None:
@@ -454,7 +460,7 @@ def _gptq_model(model, batches, targets, options, true_sequential, results, prog
                        if id(m) in target_ids}
             for stage in _stages(runner, linears, true_sequential):
                 acc = {n: calibration.Accumulator(linears[n].in_features, 0, None) for n in stage}
-                runner.run(hooks={linears[n]: (lambda x, i, a=acc[n]: a.add(x)) for n in stage})
+                runner.run(hooks={linears[n]: acc[n].add for n in stage})
                 for n in stage:
                     h = acc[n].stats(n).hessian
                     results[n] = _quantize_weight(linears[n], "gptq", dict(opts, hessian=h))
@@ -534,11 +540,15 @@ def _inspect_forward(module, linears, calls, shapes):
     return forward
 
 
-def _awq_block(block, runner: _Block, linears: dict, fmt, options, results):
-    """Scale search, folding, clip search and rounding of one block (see the module notes)."""
+def _awq_block(runner: _Block, linears: dict, fmt, options, results):
+    """Scale search, folding, clip search and rounding of one block (see the module notes).
+
+    Returns the float block's outputs (the next block's inputs).
+    """
     import torch
     from qviz.algorithms import awq
 
+    block = runner.block
     local = {n[len(runner.prefix):]: m for n, m in linears.items()}  # name inside the block
     modules = dict(block.named_modules())
     groups = _awq_groups(block, local)
@@ -546,20 +556,17 @@ def _awq_block(block, runner: _Block, linears: dict, fmt, options, results):
     calls = {g.inspect: [] for g in groups}
 
     def keep_input(name):
-        def pre(args, kwargs, i):
-            inputs[name].append(_input_of((args, kwargs)).detach())
-        return pre
+        return lambda args, kwargs: inputs[name].append(_input_of((args, kwargs)).detach())
 
     def keep_call(name):
-        def pre(args, kwargs, i):
-            calls[name].append((args, kwargs))
-        return pre
+        return lambda args, kwargs: calls[name].append((args, kwargs))
 
     pre_hooks = {}
     for n in local:
-        pre_hooks[modules[n]] = keep_input(n)
-    inspect_hooks = {modules[g.inspect] if g.inspect else block: keep_call(g.inspect) for g in groups}
-    outs = _run_two(runner, pre_hooks, inspect_hooks)
+        pre_hooks.setdefault(modules[n], []).append(keep_input(n))
+    for name in calls:
+        pre_hooks.setdefault(modules[name], []).append(keep_call(name))
+    outs = runner.run(pre_hooks=pre_hooks)  # the float block: its output feeds the next block
 
     duo = bool(options.get("duo_scaling", False))
     scales = {}
@@ -567,8 +574,8 @@ def _awq_block(block, runner: _Block, linears: dict, fmt, options, results):
         ws = [modules[n].weight for n in g.linears]
         x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[g.linears[0]]]).float()
         shapes = [tuple(t.shape) for t in inputs[g.linears[0]]]
-        fwd = _inspect_forward(modules[g.inspect] if g.inspect else block,
-                               [modules[n] for n in g.linears], calls[g.inspect], shapes)
+        fwd = _inspect_forward(modules[g.inspect], [modules[n] for n in g.linears],
+                               calls[g.inspect], shapes)
         scales[g] = awq.search_scale(x, ws, fmt, forward=fwd, duo_scaling=duo,
                                      device=x.device)
     input_scale, folded = {}, {}
@@ -590,32 +597,7 @@ def _awq_block(block, runner: _Block, linears: dict, fmt, options, results):
             W = awq.apply_clip(W, max_val, fmt.group_size)
         full = runner.prefix + n
         results[full] = _awq_result(W, fmt, s, folded[n], max_val)
-        w_hat = results[full].dequantize()
-        if folded[n] is None:
-            w_hat = awq.unscaled_weight(results[full])
-        _set_weight(mod, w_hat)
-    return outs
-
-
-def _run_two(runner: _Block, pre_hooks: dict, inspect_hooks: dict):
-    """Run the block once with both kinds of pre-hooks (several per module allowed)."""
-    import torch
-
-    handles = []
-    current = {"i": 0}
-    for hooks in (pre_hooks, inspect_hooks):
-        for mod, fn in hooks.items():
-            handles.append(mod.register_forward_pre_hook(
-                lambda module, args, kwargs, fn=fn: fn(args, kwargs, current["i"]), with_kwargs=True))
-    outs = []
-    try:
-        with torch.no_grad():
-            for i, (args, kwargs) in enumerate(runner.calls):
-                current["i"] = i
-                outs.append(_first_tensor(runner.block(*args, **kwargs)))
-    finally:
-        for h in handles:
-            h.remove()
+        _set_weight(mod, results[full].dequantize())  # ÷ s only where s was not folded
     return outs
 
 
@@ -637,7 +619,8 @@ def _awq_result(W, fmt, s, folded_into, max_val) -> QuantResult:
             "clip": max_val is not None, "zero_point": fmt.zero_point}
     g = min(fmt.group_size, W.shape[1])
     return QuantResult("awq", tuple(W.shape), int(fmt.bits), int(g), codes.cpu().numpy(),
-                       scales.cpu().numpy(), None if zeros is None else zeros.cpu().numpy(), info=info)
+                       scales.cpu().numpy(), None if zeros is None else zeros.cpu().numpy(),
+                       input_scale=info["input_scale"] if folded_into is None else None, info=info)
 
 
 def _awq_model(model, batches, targets, options, results, progress):
@@ -655,7 +638,7 @@ def _awq_model(model, batches, targets, options, results, progress):
             runner.prefix = names[id(block)] + "."
             linears = {names[id(m)]: m for m in block.modules() if id(m) in target_ids}
             if linears:
-                outs = _awq_block(block, runner, linears, fmt, options, results)
+                outs = _awq_block(runner, linears, fmt, options, results)
             else:
                 outs = runner.run()
             runner.advance(outs)  # the float block's output, as llm-awq and AutoAWQ
@@ -664,10 +647,8 @@ def _awq_model(model, batches, targets, options, results, progress):
                    if k in options}
 
     def one(name, mod, st):
-        from qviz.algorithms.awq import unscaled_weight
-
         r = _quantize_weight(mod, "awq", dict(awq_options, calib=st.sample))
         results[name] = dataclasses.replace(r, info={**r.info, "folded_into": None})
-        _set_weight(mod, unscaled_weight(r))
+        _set_weight(mod, r.dequantize())  # its s is not folded: the decode divides by it
 
     _outside_blocks(model, batches, targets, blocks, one, progress)
