@@ -1,5 +1,6 @@
 """quantize_model: the caller's model stays, block-by-block GPTQ equals per-layer GPTQ on the right inputs, AWQ folds."""
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -162,10 +163,11 @@ def test_awq_with_grouped_query_attention_leaves_o_unfolded(llama, tokens):
     results, q = quantize_model(llama, "awq", calib=tokens, bits=4, group_size=32, progress=False)
     r = results["model.layers.1.self_attn.o_proj"]
     assert r.info["folded_into"] is None  # v (36 rows) and o (72 × 72) differ in shape
-    from qviz.algorithms.awq import unscaled_weight
-
-    np.testing.assert_allclose(q.model.layers[1].self_attn.o_proj.weight.detach().numpy(),
-                               unscaled_weight(r), rtol=1e-6)
+    np.testing.assert_array_equal(r.input_scale, r.info["input_scale"])  # kept: decode divides by s
+    scaled = dataclasses.replace(r, input_scale=None).dequantize()  # Q(W·diag(s))
+    np.testing.assert_array_equal(r.dequantize(), scaled / r.input_scale)
+    np.testing.assert_array_equal(q.model.layers[1].self_attn.o_proj.weight.detach().numpy(), r.dequantize())
+    assert results["model.layers.1.self_attn.v_proj"].input_scale is None  # folded into the norm
 
 
 def test_embeddings_and_a_tied_lm_head(llama, tokens):

@@ -225,8 +225,9 @@ class LayerStats:
         Module name in the model (``"model.layers.0.self_attn.q_proj"``).
     n_samples : int
         Rows (tokens) seen.
-    hessian : ndarray, shape (in, in), float32
-        ``(2/n)·XᵀX``, GPTQ's ``H`` (:func:`qviz.algorithms.gptq.hessian`).
+    hessian : ndarray, shape (in, in), float32, or None
+        ``(2/n)·XᵀX``, GPTQ's ``H`` (:func:`qviz.algorithms.gptq.hessian`);
+        None when :func:`capture` was told ``hessian=False``.
     mean_abs : ndarray, shape (in,), float32
         ``mean |x|`` per input channel (AWQ's activation scale).
     imatrix : ndarray, shape (in,), float32

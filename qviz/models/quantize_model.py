@@ -37,8 +37,9 @@ Where the scales go (:data:`AWQ_GROUPS`, a layer-name map):
   ``attention.output.dense`` folds. The LayerNorm before q,k,v and before
   ``intermediate.dense`` also feeds the residual branch, and ``output.dense``
   reads a GELU output; dividing either by ``s`` would change the network.
-  These layers keep their scale: the copy holds ``Q(W·diag(s))·diag(s)⁻¹``,
-  what AutoAWQ's ``ScaledActivation`` computes for GELU models.
+  These layers keep their scale (``QuantResult.input_scale``): the copy
+  holds ``Q(W·diag(s))·diag(s)⁻¹``, what AutoAWQ's ``ScaledActivation``
+  computes for GELU models.
 * Any other block: every Linear is its own group and keeps its scale.
 
 Linears outside the blocks (BERT's pooler, an included ``lm_head``) are
@@ -343,9 +344,10 @@ def quantize_model(model, method: str = "rtn", calib=None, include_embeddings: b
     Returns
     -------
     results : dict of str -> QuantResult
-        Module name -> result. For AWQ, ``info["input_scale"]`` is ``s`` and
-        ``info["folded_into"]`` names the op that absorbed ``1/s`` (None: the
-        layer's dequantized weight in the copy is ``dequantize() / s``).
+        Module name -> result; the copy's weight is its ``dequantize()``. For
+        AWQ, ``info["input_scale"]`` is ``s`` and ``info["folded_into"]`` names
+        the op that absorbed ``1/s``; when None, the result keeps ``s`` in its
+        ``input_scale`` field (``dequantize()`` divides by it).
     model : torch.nn.Module
         The copy, in eval mode, with every quantized weight dequantized in place.
 
@@ -610,7 +612,12 @@ def _fold(prev, s) -> None:
 
 
 def _awq_result(W, fmt, s, folded_into, max_val) -> QuantResult:
-    """The QuantResult of a scaled (and clipped) weight rounded on AWQ's grid."""
+    """The QuantResult of a scaled (and clipped) weight rounded on AWQ's grid.
+
+    Folded: ``dequantize()`` is ``Q(W·diag(s))``, the weight beside the op that
+    absorbed ``1/s``. Not folded: ``input_scale`` keeps ``s`` and
+    ``dequantize()`` divides by it. Either way, the weight the model holds.
+    """
     from qviz.algorithms.awq import _quantize
 
     codes, scales, zeros = _quantize(W, fmt)
