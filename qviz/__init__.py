@@ -35,6 +35,7 @@ _EXPORTS = {
     "explore_gguf": ("qviz.widgets.gguf_file", "explore_gguf"),
     "suggest_types": ("qviz.plan", "suggest_types"),
     "report": ("qviz.html_report", "report"),
+    "quantize_model": ("qviz.models.quantize_model", "quantize_model"),
     "demo": ("qviz.io.demo", None),
 }
 

@@ -47,7 +47,8 @@ def _modules():
                                   "qviz.io.gguf", "qviz.io.export", "qviz.compat", "qviz.plan",
                                   "qviz.widgets.scan", "qviz.widgets.gguf_file", "qviz.plots.gguf",
                                   "qviz.plots.layer", "qviz.plots.compare", "qviz.widgets._layer",
-                                  "qviz.widgets.explore", "qviz.widgets.compare", "qviz.html_report"])
+                                  "qviz.widgets.explore", "qviz.widgets.compare", "qviz.html_report",
+                                  "qviz.eval", "qviz.models.quantize_model"])
 def test_docstring_examples_run(name):
     mod = importlib.import_module(name)
     failed, attempted = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
