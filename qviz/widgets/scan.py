@@ -232,9 +232,10 @@ def _run_on_cluster(client, weights, acts, cells, bar):
     from distributed import as_completed
 
     # lists, not dicts: a scattered dict's keys become task keys, and weights and
-    # activations share their names
-    w_futures = dict(zip(weights, client.scatter(list(weights.values()))))  # each sent once
-    x_futures = dict(zip(acts, client.scatter(list(acts.values())))) if acts else {}
+    # activations share their names. hash=False: content-hashed keys would be shared
+    # with an earlier scan of the same arrays, whose clean-up below would cancel them.
+    w_futures = dict(zip(weights, client.scatter(list(weights.values()), hash=False)))  # each sent once
+    x_futures = dict(zip(acts, client.scatter(list(acts.values()), hash=False))) if acts else {}
     tasks = {client.submit(measure, w_futures[name], setting, x_futures.get(name), pure=False): (i, j)
              for i, j, name, setting in cells}
     try:
