@@ -107,13 +107,20 @@ RUN_NOTEBOOK = textwrap.dedent("""
 """)
 
 
+@pytest.fixture
+def venv(tmp_path):
+    """Where the Binder environment goes; removed afterwards (about 2 GB)."""
+    path = tmp_path / "venv"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_binder_environment_builds_and_runs_the_quickstart(tmp_path):
+def test_binder_environment_builds_and_runs_the_quickstart(tmp_path, venv):
     version = (BINDER / "runtime.txt").read_text().strip().removeprefix("python-")
     python = shutil.which(f"python{version}")
     if python is None:
         pytest.skip(f"no python{version} on this machine to build the Binder environment with")
-    venv = tmp_path / "venv"
     _run([python, "-m", "venv", str(venv)], check=True)
     vpy = venv / "bin" / "python"
     reqs = tmp_path / "requirements.txt"
