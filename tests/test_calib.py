@@ -172,3 +172,16 @@ def test_imatrix_still_works():
     np.testing.assert_array_equal(calib.imatrix(x), [5.0, 2.0])
     with pytest.raises(ValueError, match="columns"):
         calib.imatrix(x, n_cols=3)
+
+
+def test_layer_stats_repr_without_hessian():
+    import numpy as np
+
+    from qviz.io.calib import LayerStats
+
+    fields = LayerStats.__dataclass_fields__ if hasattr(LayerStats, "__dataclass_fields__") else None
+    assert fields is not None
+    values = {name: None for name in fields}
+    values.update(name="fc", n_samples=3, mean_abs=np.ones(4, np.float32),
+                  imatrix=np.ones(4, np.float32), sample=np.ones((3, 4), np.float32))
+    assert "in=4" in repr(LayerStats(**values))

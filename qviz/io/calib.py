@@ -245,7 +245,7 @@ class LayerStats:
     sample: np.ndarray
 
     def __repr__(self) -> str:
-        return (f"LayerStats({self.name!r}, n_samples={self.n_samples}, in={self.hessian.shape[0]}, "
+        return (f"LayerStats({self.name!r}, n_samples={self.n_samples}, in={self.mean_abs.shape[0]}, "
                 f"sample={self.sample.shape})")
 
 
