@@ -1,7 +1,9 @@
 """qviz.explore and qviz.compare, headless: set widget values from Python, read fig.data and the panels."""
+import base64
+import json
+
 import numpy as np
 import pytest
-from plotly.callbacks import Points
 
 import qviz
 from qviz.widgets import _layer
@@ -25,6 +27,16 @@ def ex(w, x):
     return explore(w, calib=x)
 
 
+def _sent(view) -> list[dict]:
+    """The traces a FigureView last sent to the browser (its synced JSON), arrays decoded."""
+    def decode(v):
+        if isinstance(v, dict) and "bdata" in v:
+            return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+        return v
+
+    return [{k: decode(v) for k, v in t.items()} for t in json.loads(view._spec)["data"]]
+
+
 def _visible(ex):
     return {k for k, c in ex.controls.items() if c.layout.display != "none"}
 
@@ -32,18 +44,20 @@ def _visible(ex):
 def test_method_widget_updates_every_view_in_place(ex):
     assert ex.setting.label == "RTN 4-bit g128" and "given activations (64 samples)" in ex.header.value
     figures = dict(ex.figures)
-    traces = {k: list(f.data) for k, f in figures.items()}
-    before = {k: [t.to_plotly_json() for t in f.data] for k, f in figures.items()}
+    before = {k: _sent(f) for k, f in figures.items()}
     ex.controls["method"].value = "Q4_K"
     assert ex.result.method == "Q4_K" and ex.message.value == ""
     assert "4.5 bits per weight" in ex.metrics.value and "relative output error" in ex.metrics.value
     for name in VIEWS:
-        assert ex.figures[name] is figures[name]  # same FigureWidget ...
-        assert all(a is b for a, b in zip(ex.figures[name].data, traces[name]))  # ... same traces
+        assert ex.figures[name] is figures[name]  # the same widget, redrawn
+        sent = _sent(ex.figures[name])
+        assert [t.get("name") for t in sent] == [t.name for t in ex.figures[name].data]
+        assert [t.get("name") for t in sent] == [t.get("name") for t in before[name]]  # same traces
         assert ex.view_messages[name].value == ""
     np.testing.assert_array_equal(ex.figures["weights"].data[1].y, ex.summary.dequant_hist.counts)
-    assert not np.array_equal(ex.figures["weights"].data[1].y, before["weights"][1]["y"])
-    assert not np.array_equal(ex.figures["errors"].data[0].z, before["errors"][0]["z"])
+    np.testing.assert_array_equal(_sent(ex.figures["weights"])[1]["y"], ex.summary.dequant_hist.counts)
+    assert not np.array_equal(_sent(ex.figures["weights"])[1]["y"], before["weights"][1]["y"])
+    assert not np.array_equal(_sent(ex.figures["errors"])[0]["z"], before["errors"][0]["z"])
     levels = ex.result.levels(ex.row, ex.group)
     np.testing.assert_array_equal(np.array(ex.figures["weights"].data[2].x[::3], float), levels)
 
@@ -136,8 +150,9 @@ def test_select_and_heatmap_click(ex):
         ex.select(384, 0)
     heat = ex.figures["errors"].data[0]
     y0, x0 = int(heat.y[100]), int(heat.x[30])  # a (pooled) cell: rows 200-201, group 30
-    heat._dispatch_on_click(Points([(100, 30)], [x0], [y0], heat.name, 0), None)
-    want = _layer.Layer  # noqa: F841 (the worst group inside the clicked block)
+    # what the browser sends for a click on that cell (figure.js)
+    ex.figures["errors"]._on_message(None, {"kind": "click", "trace": 0, "index": [100, 30],
+                                            "x": x0, "y": y0}, [])
     block = ex.summary.group_error[y0:y0 + 2, x0:x0 + 1]
     r, c = np.unravel_index(block.argmax(), block.shape)
     assert (ex.row, ex.group) == (y0 + r, x0 + c)
@@ -210,7 +225,8 @@ def test_compare_one_point_per_setting_and_click_opens_explore(w, x):
     np.testing.assert_allclose(points.x, [4.5, 8.5, qviz.quantize(w, "rtn", bits=3, group_size=64).bits_per_weight])
     want = [c.outcomes[i].metrics["relative_output_error"] for i in range(3)]
     np.testing.assert_allclose(points.y, want)
-    points._dispatch_on_click(Points([1], [points.x[1]], [points.y[1]], points.name, 0), None)
+    c.figure._on_message(None, {"kind": "click", "trace": 0, "index": 1, "x": points.x[1],
+                                "y": points.y[1]}, [])
     assert c.explorer is not None and c.explorer.result is c.outcomes[1].result  # shared cache
     assert c.detail.children[1] is c.explorer
 

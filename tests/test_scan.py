@@ -120,11 +120,11 @@ def test_imatrix_setting_uses_the_layer_inputs(weights):
 
 
 def test_heatmap_widget(weights):
-    import plotly.graph_objects as go
+    from qviz.widgets.figure import FigureView
 
     s = scan(weights, SETTINGS[:2], progress=False)
     fig = s.widget()
-    assert isinstance(fig, go.FigureWidget) and fig.data[0].type == "heatmap"
+    assert isinstance(fig, FigureView) and fig.data[0].type == "heatmap"
     np.testing.assert_array_equal(np.asarray(fig.data[0].z, dtype=float), s.sqnr_db)
     assert list(fig.data[0].y) == LAYERS and list(fig.data[0].x) == s.settings
     rng = np.random.default_rng(0)

@@ -72,7 +72,7 @@ def pareto_figure(labels, bits_per_weight, error, error_name: str) -> go.Figure:
         go.Scatter(name="Pareto front", x=b[front], y=e[front], mode="lines", hoverinfo="skip",
                    line=dict(color=OKABE_ITO["orange"], width=2, dash="dash")),
     ])
-    fig.update_layout(**{**_LAYOUT, "height": 420}, title="Size against error (click a point to explore it)",
+    fig.update_layout(**{**_LAYOUT, "height": 420, "width": 700}, title="Size against error (click a point to explore it)",
                       xaxis_title="bits per weight", yaxis=dict(title=f"{error_name} (log)", type="log"))
     return fig
 

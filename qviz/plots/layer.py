@@ -3,7 +3,7 @@
 Every function here draws from a :class:`~qviz.plots.summary.LayerSummary`
 (bins, per-group errors, metrics; never raw points) and returns a new
 ``go.Figure`` whose traces are the same in number and kind for every
-setting, so a widget can copy them onto its ``FigureWidget`` in place.
+setting (a trace's index means the same thing in every drawing).
 
 Colours are Okabe–Ito (colour-blind safe), heatmaps viridis / cividis.
 
@@ -32,9 +32,11 @@ OKABE_ITO = {
     "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7",
 }
 HEIGHT = 330
+#: a fixed width, so that two figures fit side by side in a notebook's output area
+WIDTH = 470
 #: the plotly template widgets and reports apply once (figures leave it unset: setting it costs ~10 ms)
 TEMPLATE = "plotly_white"
-_LAYOUT = dict(height=HEIGHT, margin=dict(l=60, r=20, t=50, b=50),
+_LAYOUT = dict(height=HEIGHT, width=WIDTH, margin=dict(l=60, r=20, t=60, b=50),
                legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
 #: more levels than this are drawn as a rug, not as lines across the histogram
 MANY_LEVELS = 32
@@ -90,8 +92,8 @@ def weight_histogram(s: LayerSummary, row: int, group: int) -> go.Figure:
     lo, hi = s.weight_hist.edges[0], s.weight_hist.edges[-1]
     fig.update_layout(
         **_LAYOUT, barmode="overlay", bargap=0,
-        title=(f"Weights, {n_bins} bins on [{lo:.3g}, {hi:.3g}]; "
-               f"{len(levels)} levels of row {row}, group {group}"),
+        title=(f"Weights, {n_bins} bins on [{lo:.3g}, {hi:.3g}]"
+               f"<br><sup>{len(levels)} levels of row {row}, group {group}</sup>"),
         xaxis_title="weight value", yaxis=dict(title="weights per bin (count, log)", type="log"))
     return fig
 
@@ -113,7 +115,7 @@ def _heatmap(grid: np.ndarray, how: str, colorscale: str, colorbar_x: float, nam
     grid = np.broadcast_to(grid, (n_rows, n_groups))  # per-tensor parameters
     p = pool(grid, how)
     pooled = p.block != (1, 1)
-    note = f", {how} of {p.block[0]}×{p.block[1]} blocks" if pooled else ""
+    note = f"{how} of {p.block[0]}×{p.block[1]} blocks" if pooled else ""
     return go.Heatmap(
         name=name, z=p.values, x=p.col_starts, y=p.row_starts, colorscale=colorscale,
         colorbar=dict(title=unit, x=colorbar_x, len=0.9),
@@ -143,7 +145,8 @@ def scale_heatmap(s: LayerSummary) -> go.Figure:
     else:
         zm, _ = _heatmap(second, "mean", "Viridis", 1.0, "zero/min", "zero/min", n_rows, n_groups)
         fig.add_trace(zm, 1, 2)
-    fig.update_layout(**_LAYOUT, title=f"Per-group parameters of {r.method}{note}")
+    fig.update_layout(**_LAYOUT, title=f"Per-group parameters of {r.method}"
+                                       + (f"<br><sup>{note}</sup>" if note else ""))
     fig.update_xaxes(title_text=f"group ({r.group_size} columns)")
     fig.update_yaxes(autorange="reversed")
     fig.update_yaxes(title_text="output row", row=1, col=1)
@@ -172,7 +175,8 @@ def error_map(s: LayerSummary, selected: tuple[int, int] | None = None) -> go.Fi
     fig = go.Figure([heat, go.Scatter(
         name="selected", x=sx, y=sy, mode="markers", hoverinfo="skip", showlegend=False,
         marker=dict(symbol="circle-open", size=14, color=OKABE_ITO["vermillion"], line_width=3))])
-    fig.update_layout(**_LAYOUT, title=f"Mean |W − Ŵ| per group{note} (click a cell)",
+    fig.update_layout(**_LAYOUT, title=f"Mean |W − Ŵ| per group<br><sup>{note + '; ' if note else ''}"
+                                       "click a cell</sup>",
                       xaxis_title=f"group ({s.result.group_size} columns)",
                       yaxis=dict(title="output row", autorange="reversed"))
     return fig
@@ -243,8 +247,8 @@ def group_detail(s: LayerSummary, w: np.ndarray, row: int, group: int) -> go.Fig
     fig.update_layout(
         **_LAYOUT,
         title=(f"Row {row}, group {group}: {len(cols)} weights, {len(levels)} levels"
-               f"{'' if drawn is levels else f' ({len(drawn)} used drawn)'}, "
-               f"mean |w − ŵ| = {float(np.abs(err).mean()):.3g}"),
+               f"<br><sup>{'' if drawn is levels else f'{len(drawn)} used drawn; '}"
+               f"mean |w − ŵ| = {float(np.abs(err).mean()):.3g}</sup>"),
         xaxis_title="input column", yaxis_title="weight value")
     return fig
 

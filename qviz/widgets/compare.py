@@ -9,13 +9,12 @@ from __future__ import annotations
 import html
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 
 from qviz.plots import compare as compare_plots
-from qviz.plots import layer as layer_plots
 from qviz.widgets._layer import (METRIC_COLUMNS, Layer, Setting, error_key, measure,
                                  needs_calibration, resolve, settings_of)
 from qviz.widgets.explore import Explorer
+from qviz.widgets.figure import FigureView
 
 
 class Comparison(widgets.VBox):
@@ -34,7 +33,7 @@ class Comparison(widgets.VBox):
         have no point).
     table : HTML
         One row per setting (class ``qviz-compare-table``).
-    figure : go.FigureWidget
+    figure : FigureView
         Traces ``settings`` (one point per successful setting) and ``Pareto front``.
     detail : VBox
         Holds the explorer of the clicked point.
@@ -54,8 +53,8 @@ class Comparison(widgets.VBox):
             [labels[i] for i in self.points],
             [self.outcomes[i].metrics["bits_per_weight"] for i in self.points],
             [self.outcomes[i].metrics.get(key, float("nan")) for i in self.points], name)
-        self.figure = go.FigureWidget(fig.update_layout(template=layer_plots.TEMPLATE))
-        self.figure.data[0].on_click(self._on_click)
+        self.figure = FigureView(fig)
+        self.figure.on_click(self._on_click)
         self.detail = widgets.VBox()
         self.explorer = None
         acts = layer.calibration or "none (the error is the weight MSE)"
@@ -65,9 +64,9 @@ class Comparison(widgets.VBox):
         super().__init__([header, self.table, self.figure, self.detail])
         self.add_class("qviz-compare")
 
-    def _on_click(self, trace, points, state) -> None:
-        if points.point_inds:
-            self.show(self.points[points.point_inds[0]])
+    def _on_click(self, trace: int, index, x, y) -> None:
+        if trace == 0 and isinstance(index, int):  # a point of ``settings``
+            self.show(self.points[index])
 
     def show(self, index: int) -> Explorer:
         """Explore ``settings[index]`` below the plot (replacing the previous one)."""

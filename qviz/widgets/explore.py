@@ -5,8 +5,8 @@ The widget is state plus render. Its state is the values of its controls
 ``_update()`` turns the controls into a :class:`~qviz.widgets._layer.Setting`,
 asks the layer for that setting's summary (quantized through ``qviz.quantize``
 once per setting, then cached) and redraws every view from the pure functions
-of :mod:`qviz.plots.layer`, copying their traces onto the existing
-``FigureWidget`` s in place. Callbacks hold no quantization arithmetic.
+of :mod:`qviz.plots.layer` onto its :class:`~qviz.widgets.figure.FigureView` s.
+Callbacks hold no quantization arithmetic.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from qviz.plots import layer as layer_plots
 from qviz.plots.summary import block_shape, worst_in_block
 from qviz.widgets import _controls
+from qviz.widgets.figure import FigureView
 from qviz.widgets._layer import Layer, Setting, fallback_note, method_options, resolve
 
 log = logging.getLogger(__name__)
@@ -30,33 +31,9 @@ DEFAULT_SETTING = ("rtn", {"bits": 4, "group_size": 128})
 _WARN = "color:#D55E00"  # Okabe–Ito vermillion
 
 
-def _apply(fw: go.FigureWidget, fig: go.Figure) -> None:
-    """Copy ``fig`` onto ``fw`` in place: same traces, new data (a first call adds them)."""
-    layout = fig.layout.to_plotly_json()
-    layout.pop("template", None)  # a widget keeps the template it got once (setting it is slow)
-    first = len(fw.data) != len(fig.data)  # first drawing, or after a failed one
-    with fw.batch_update():
-        if first:
-            fw.data = []
-            fw.add_traces(list(fig.data))
-            fw.layout.template = layer_plots.TEMPLATE
-        else:
-            for old, new in zip(fw.data, fig.data):
-                old.update(new.to_plotly_json(), overwrite=True)
-        fw.layout.update(layout)
-    if first:
-        _sync_state(fw)
-
-
-def _sync_state(fw: go.FigureWidget) -> None:
-    """Write a FigureWidget's whole figure into its synced state.
-
-    A front end that connects later (Voilà) or a view created later draws from
-    that state, not from the deltas sent before; plotly syncs it only when the
-    FigureWidget itself is displayed (its ``_repr_mimebundle_``), never when it
-    sits in a box, so the explorer does it at the first drawing and on display.
-    """
-    fw._repr_mimebundle_()
+def _cell() -> widgets.Layout:
+    """One cell of the explorer's wrapping grid: as wide as a figure."""
+    return widgets.Layout(width=f"{layer_plots.WIDTH}px", min_width="0")
 
 
 class Explorer(widgets.VBox):
@@ -71,7 +48,7 @@ class Explorer(widgets.VBox):
       ``"row"``, ``"group"`` (the selected group). Options that do not apply
       to the method are hidden (``layout.display == "none"``). Setting a
       value from Python updates the widget synchronously.
-    * ``figures`` : dict of ``go.FigureWidget`` keyed by :data:`VIEWS`:
+    * ``figures`` : dict of :class:`~qviz.widgets.figure.FigureView` keyed by :data:`VIEWS`:
       ``"weights"`` (traces weights, dequantized, levels), ``"scales"``
       (scale and zero/min heatmaps), ``"errors"`` (mean |error| heatmap,
       selected marker), ``"error_histogram"``, ``"group"`` (levels, error,
@@ -108,7 +85,9 @@ class Explorer(widgets.VBox):
         self.message.add_class("qviz-message")
         self.metrics = widgets.HTML()
         self.metrics.add_class("qviz-metrics")
-        self.figures = {name: go.FigureWidget() for name in VIEWS}
+        self.figures = {name: FigureView() for name in VIEWS}
+        for name in ("scales", "errors"):
+            self.figures[name].on_click(self._on_heatmap_click)
         self.view_messages = {name: widgets.HTML() for name in VIEWS}
         self._set_controls(setting)
         for name, control in self.controls.items():
@@ -126,8 +105,7 @@ class Explorer(widgets.VBox):
                 f"<br><small>activations: {html.escape(acts)}</small>")
 
     def _view(self, name: str) -> widgets.VBox:
-        box = widgets.VBox([self.figures[name], self.view_messages[name]],
-                           layout=widgets.Layout(min_width="0"))
+        box = widgets.VBox([self.figures[name], self.view_messages[name]], layout=_cell())
         box.add_class(f"qviz-view-{name}")
         return box
 
@@ -139,18 +117,13 @@ class Explorer(widgets.VBox):
         selection = widgets.HBox([self.controls["row"], self.controls["group"]])
         if not self.layer.has_weight:  # a bare QuantResult: nothing to re-quantize
             top.layout.display = "none"
-        metrics = widgets.VBox([self.metrics], layout=widgets.Layout(min_width="0", padding="0 1em"))
-        grid = widgets.GridBox(
+        metrics = widgets.VBox([self.metrics], layout=_cell())
+        # fixed-width cells that wrap: two columns where there is room, one where there is not
+        grid = widgets.HBox(
             [self._view("weights"), metrics, self._view("scales"), self._view("errors"),
              self._view("error_histogram"), self._view("group")],
-            layout=widgets.Layout(grid_template_columns="repeat(2, minmax(0, 1fr))",
-                                  grid_gap="4px 12px", width="100%"))
+            layout=widgets.Layout(flex_flow="row wrap", grid_gap="4px 12px", width="100%"))
         return [self.header, top, selection, self.message, grid]
-
-    def _repr_mimebundle_(self, **kwargs):
-        for fw in self.figures.values():
-            _sync_state(fw)  # figures changed before display show their current state
-        return super()._repr_mimebundle_(**kwargs)
 
     # ---- state --------------------------------------------------------------------------
     @property
@@ -190,12 +163,12 @@ class Explorer(widgets.VBox):
         if not self._busy:
             self.select(self.controls["row"].value, self.controls["group"].value)
 
-    def _on_heatmap_click(self, trace, points, state) -> None:
-        if self.summary is None or not points.xs:
+    def _on_heatmap_click(self, trace: int, index, x, y) -> None:
+        """A heatmap cell (x: its first group, y: its first row) → the worst group inside it."""
+        if self.summary is None or x is None or y is None:
             return
         grid = self.summary.group_error
-        block = block_shape(*grid.shape)
-        self.select(*worst_in_block(grid, int(points.ys[0]), int(points.xs[0]), block))
+        self.select(*worst_in_block(grid, int(y), int(x), block_shape(*grid.shape)))
 
     # ---- render -------------------------------------------------------------------------
     def _update(self) -> None:
@@ -261,14 +234,8 @@ class Explorer(widgets.VBox):
     def _render(self, views) -> None:
         """Redraw ``views``; one view's exception is shown under it and spares the rest."""
         for name in views:
-            fw = self.figures[name]
             try:
-                fresh = not fw.data
-                _apply(fw, self._figure(name))
-                if fresh and name in ("scales", "errors"):
-                    for trace in fw.data:
-                        if trace.type == "heatmap":
-                            trace.on_click(self._on_heatmap_click)
+                self.figures[name].draw(self._figure(name))
                 self.view_messages[name].value = ""
             except Exception as e:
                 log.warning("explore: the %s view failed", name, exc_info=True)

@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import ipywidgets as widgets
 import numpy as np
-import plotly.graph_objects as go
 
 from qviz.api import quantize
 from qviz.formats.spec import FORMATS, layout
@@ -24,7 +23,7 @@ from qviz.io import demo, gguf
 from qviz.plots.layer import metrics_html, scale_heatmap, weight_histogram
 from qviz.plots.summary import summarize, weight_stats
 from qviz.widgets._layer import fallback_note
-from qviz.widgets.explore import _apply, _sync_state
+from qviz.widgets.figure import FigureView
 
 #: tensors whose views are kept (decoded weights and summaries)
 CACHE_SIZE = 4
@@ -128,12 +127,6 @@ class TensorViews:
                               Requantized(summary, type_name, fallback_note(r) or ""))
 
 
-def _clear(target, title: str) -> None:
-    with target.batch_update():
-        target.data = ()
-        target.layout.title.text = title
-
-
 def _first_tensor(f) -> str:
     blocks = [t for t in f.tensors if t.type_name in FORMATS and len(t.shape) == 2]
     small = [t for t in blocks if t.n_elements <= FIRST_TENSOR_MAX]
@@ -172,7 +165,7 @@ class GGUFExplorer(widgets.VBox):
         The tensor table; its value is the picked tensor's name.
     type : ipywidgets.Dropdown
         The type to requantize to.
-    blocks, histogram : plotly FigureWidget
+    blocks, histogram : FigureView
         The stored block scales and mins (heatmaps); the decoded weights with
         the requantized ones and one group's levels (histogram).
     tensor_info, metrics, message : ipywidgets.HTML
@@ -192,8 +185,8 @@ class GGUFExplorer(widgets.VBox):
         self.tensor_info = widgets.HTML()
         self.metrics = widgets.HTML()
         self.message = widgets.HTML()
-        self.histogram = go.FigureWidget()
-        self.blocks = go.FigureWidget()
+        self.histogram = FigureView()
+        self.blocks = FigureView()
         style = widgets.HTML("<style>.qviz-gguf-tensors select {font-family: monospace;"
                              " font-size: 12px; white-space: pre}</style>")
         super().__init__([style, widgets.HTML(_file_html(f)), self.filter, self.tensors,
@@ -230,15 +223,15 @@ class GGUFExplorer(widgets.VBox):
             stored = self.views.stored(name).summary
         except (ValueError, NotImplementedError) as e:
             self.message.value = self._error(str(e))
-            _clear(self.blocks, "")
-            _clear(self.histogram, "")
+            self.blocks.clear()
+            self.histogram.clear()
             self.metrics.value = ""
             return
         self.message.value = ""
         if stored is None:
-            _clear(self.blocks, f"{info.type_name} stores plain numbers: no block scales")
+            self.blocks.clear(f"{info.type_name} stores plain numbers: no block scales")
         else:
-            _apply(self.blocks, scale_heatmap(stored))
+            self.blocks.draw(scale_heatmap(stored))
         self.show_requantized()
 
     def show_requantized(self) -> None:
@@ -249,16 +242,11 @@ class GGUFExplorer(widgets.VBox):
         except ValueError as e:
             self.message.value = self._error(str(e))
             self.metrics.value = ""
-            _clear(self.histogram, "")
+            self.histogram.clear()
             return
         self.message.value = ""
         self.metrics.value = _requant_html(self.views.f.tensor(name), req)
-        _apply(self.histogram, weight_histogram(req.summary, *req.summary.worst_group))
-
-    def _repr_mimebundle_(self, **kwargs):
-        for figure in (self.blocks, self.histogram):
-            _sync_state(figure)  # figures changed before display show their current state
-        return super()._repr_mimebundle_(**kwargs)
+        self.histogram.draw(weight_histogram(req.summary, *req.summary.worst_group))
 
 
 def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K") -> GGUFExplorer:

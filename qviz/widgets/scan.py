@@ -73,12 +73,11 @@ class ScanResult:
         return rows
 
     def widget(self):
-        """The table as a plotly heatmap (``go.FigureWidget``)."""
-        import plotly.graph_objects as go
-
+        """The table as a plotly heatmap (a :class:`~qviz.widgets.figure.FigureView`)."""
         from qviz.plots.gguf import sensitivity_heatmap
+        from qviz.widgets.figure import FigureView
 
-        return go.FigureWidget(sensitivity_heatmap(self.layers, self.settings, self.values,
+        return FigureView(sensitivity_heatmap(self.layers, self.settings, self.values,
                                                    self.metric, self.types, self.bits_per_weight))
 
     def _repr_mimebundle_(self, **kwargs):

@@ -1,9 +1,9 @@
-"""Fixtures for the real-browser tests: JupyterLab and Voila servers, headless Chromium.
+"""Fixtures for the real-browser tests: JupyterLab, Notebook 7 and Voila servers, headless Chromium.
 
 * The browser is the system's Chromium (``apt-get install -y chromium``), or the
   one ``CHROMIUM_PATH`` names; ``playwright install`` is never needed. Without a
   browser the tests skip, unless ``CHROMIUM_REQUIRED=1`` (CI), where they fail.
-* Every server listens on 127.0.0.1 on a free port, JupyterLab with a random
+* Every server listens on 127.0.0.1 on a free port, JupyterLab and Notebook with a random
   token (token auth stays on), each in a temp root with temp Jupyter
   config/data/runtime dirs, in its own process group. Teardown asks the server to
   shut down, then SIGTERM/SIGKILLs the whole group, so its kernels die with it.
@@ -145,20 +145,35 @@ def artifacts_dir() -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def lab_server(chromium_path, tmp_path_factory):
-    """JupyterLab on a random loopback port with a random token, rooted in a temp dir."""
-    pytest.importorskip("jupyterlab")
-    home, root = tmp_path_factory.mktemp("lab-home"), tmp_path_factory.mktemp("lab-root")
+def _jupyter(module: str, app: str, tmp_path_factory, *options: str) -> Server:
+    """JupyterLab (``module="jupyterlab"``) or Notebook 7 (``"notebook"``) on a random loopback
+    port with a random token, rooted in a temp dir, its app object exposed to the page."""
+    home, root = tmp_path_factory.mktemp(f"{module}-home"), tmp_path_factory.mktemp(f"{module}-root")
     port, token = _free_port(), secrets.token_hex(24)
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+    cmd = [sys.executable, "-m", module, "--no-browser", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           "--LabApp.expose_app_in_browser=True", "--MappingKernelManager.cull_idle_timeout=0"]
+           f"--{app}.expose_app_in_browser=True", "--MappingKernelManager.cull_idle_timeout=0", *options]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    srv = _start(cmd, root, home, port, token, "/api/status")
+    return _start(cmd, root, home, port, token, "/api/status")
+
+
+@pytest.fixture(scope="session")
+def lab_server(chromium_path, tmp_path_factory):
+    """JupyterLab 4 (see :func:`_jupyter`)."""
+    pytest.importorskip("jupyterlab")
+    srv = _jupyter("jupyterlab", "LabApp", tmp_path_factory, "--LabApp.news_url=",
+                   "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
+    yield srv
+    _stop(srv, rest_shutdown=True)
+
+
+@pytest.fixture(scope="session")
+def notebook_server(chromium_path, tmp_path_factory):
+    """Notebook 7 (see :func:`_jupyter`)."""
+    pytest.importorskip("notebook")
+    srv = _jupyter("notebook", "JupyterNotebookApp", tmp_path_factory)
     yield srv
     _stop(srv, rest_shutdown=True)
 

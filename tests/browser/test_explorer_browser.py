@@ -1,4 +1,4 @@
-"""qviz.explore in a real browser: JupyterLab and Voila, headless Chromium.
+"""qviz.explore in a real browser: JupyterLab 4, Notebook 7 and Voila, headless Chromium.
 
 The notebook explores a real MiniLM layer (384 × 1536: Q4_K's 256-weight blocks
 fit its rows). The test runs it, waits for the plots, switches the method from
@@ -30,6 +30,18 @@ TRACES_JS = f"""JSON.stringify(document.querySelector('{PLOT}').data.map(
     t => [t.name, Array.from(t.x || []), Array.from(t.y || [])]))"""
 
 
+#: views whose figure sticks out of its cell, or whose cell sticks out of the explorer's container
+#: (a plot drawn at plotly's 700 px default before the page laid it out is clipped)
+CLIPPED_JS = f"""() => {{
+    const outer = document.querySelector('{EXPLORER}').parentElement.getBoundingClientRect();
+    return Array.from(document.querySelectorAll('{EXPLORER} [class*="qviz-view-"]')).filter(cell => {{
+        const box = cell.getBoundingClientRect();
+        const svg = cell.querySelector('svg.main-svg').getBoundingClientRect();
+        return box.right > outer.right + 1 || svg.right > box.right + 1;
+    }}).map(cell => cell.className);
+}}"""
+
+
 def _traces(page) -> str:
     return page.evaluate(f"() => {TRACES_JS}")
 
@@ -55,11 +67,23 @@ def _switch_to_q4_k(page, artifacts, prefix: str) -> None:
     page.wait_for_function(f"(before) => {TRACES_JS} !== before", arg=before, timeout=REDRAW_MS)
     after = _traces(page)
     assert after != before and '"dequantized"' in after
+    # the last view drawn follows too: Q4_K's groups are 32-weight sub-blocks (RTN's were 128)
+    page.wait_for_function(f"""() => Array.from(document.querySelectorAll(
+        '{EXPLORER} .qviz-view-group .gtitle')).some(t => t.textContent.includes('32 weights'))""",
+                           timeout=REDRAW_MS)
+    assert page.evaluate(CLIPPED_JS) == []
+    # a click on the error map selects the worst group of the clicked cell
+    group_title = f"{EXPLORER} .qviz-view-group .gtitle"
+    title = page.locator(group_title).first.text_content()
+    page.locator(f"{EXPLORER} .qviz-view-errors .nsewdrag").first.click(position={"x": 200, "y": 60})
+    page.wait_for_function(f"""(before) => {{ const t = document.querySelector('{group_title}');
+                                             return !!t && t.textContent !== before; }}""",
+                           arg=title, timeout=REDRAW_MS)
 
 
-def test_explore_in_jupyterlab(lab_server, page, artifacts_dir, write_notebook):
-    write_notebook(lab_server.root / "explore.ipynb", [CELL])
-    page.goto(lab_server.url("/lab/tree/explore.ipynb?reset"), wait_until="domcontentloaded")
+def _run_and_switch(page, srv, path: str, artifacts, prefix: str) -> None:
+    """Open the notebook at ``path`` in JupyterLab or Notebook 7, run it, switch to Q4_K."""
+    page.goto(srv.url(path), wait_until="domcontentloaded")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=KERNEL_MS)
     page.wait_for_function(
         """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -75,11 +99,21 @@ def test_explore_in_jupyterlab(lab_server, page, artifacts_dir, write_notebook):
         timeout=KERNEL_MS)
     if page.locator(PLOT).count() == 0:
         pytest.fail("the cell failed:\n" + "\n".join(page.locator(stderr).all_inner_texts())[-3000:])
-    _switch_to_q4_k(page, artifacts_dir, "lab")
-    page.locator(".jp-OutputArea-output").last.screenshot(path=str(artifacts_dir / "lab_explore_q4_k.png"))
-    page.screenshot(path=str(artifacts_dir / "lab_full.png"))
+    _switch_to_q4_k(page, artifacts, prefix)
+    page.locator(".jp-OutputArea-output").last.screenshot(path=str(artifacts / f"{prefix}_explore_q4_k.png"))
+    page.screenshot(path=str(artifacts / f"{prefix}_full.png"))
     widget_errors = [e for e in page.errors if "widget" in e.lower()]
     assert not widget_errors, widget_errors
+
+
+def test_explore_in_jupyterlab(lab_server, page, artifacts_dir, write_notebook):
+    write_notebook(lab_server.root / "explore.ipynb", [CELL])
+    _run_and_switch(page, lab_server, "/lab/tree/explore.ipynb?reset", artifacts_dir, "lab")
+
+
+def test_explore_in_notebook_7(notebook_server, page, artifacts_dir, write_notebook):
+    write_notebook(notebook_server.root / "explore.ipynb", [CELL])
+    _run_and_switch(page, notebook_server, "/notebooks/explore.ipynb", artifacts_dir, "notebook")
 
 
 def test_explore_in_voila(voila_server, tmp_path, page, artifacts_dir, write_notebook):
