@@ -23,6 +23,7 @@ TYPES = [name for name, lay in FORMATS.items() if lay.family == "k_min"]
 REFERENCE = importlib.import_module("qviz." + MODULES["k_min"][0])
 KERNEL = importlib.import_module("qviz." + MODULES["k_min"][1])
 MODULE_IDS = {REFERENCE: "reference", KERNEL: "numba"}
+LANES = importlib.import_module("qviz.kernels.numba.lanes_min")
 
 # The numpy reference runs ggml's searches interpreted: few rows. The kernel gets more.
 SHAPES = {REFERENCE: (2, 2 * QK_K), KERNEL: (16, 6 * QK_K)}
@@ -76,14 +77,46 @@ def _rows(case: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.n
 
 
 def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
-    """None, a random positive importance, or mean squared activations (as llama-imatrix)."""
+    """None, a random positive importance, one with zeros, or mean squared activations."""
     if kind is None:
         return None
     if kind == "random":
         return rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
+    if kind == "with_zeros":  # dead columns: 40% zeros, and whole runs of 16
+        im = rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
+        im[rng.random(n_cols) < 0.4] = 0
+        im.reshape(-1, 16)[rng.random(n_cols // 16) < 0.2] = 0
+        return im
     acts = rng.standard_normal((64, n_cols)).astype(np.float32)
     acts[:, rng.integers(0, n_cols, 8)] *= 30  # a few hot channels, as real activations have
     return (acts * acts).mean(axis=0).astype(np.float32)
+
+
+def _mixed_sub_blocks(type_name: str, n_rows: int, n_cols: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Rows whose sub-blocks each take one path of the search, so that lanes searched
+    side by side (``kernels/numba/lanes_min.py``) branch differently, float32 (n_rows, n_cols).
+
+    Each sub-block is, at random: normal; all zero or constant of either sign
+    (no range); all negative; sparse (90% zeros, magnitudes 1e-6..1: with zero
+    importance a trial can round beyond 2**22, and a fit can come out with a
+    negative scale, whose wrapped code spills into other sub-blocks' bits);
+    1e-3 of normal (its scale code rounds to 0, so its search codes are kept);
+    float32-subnormal (an infinite inverse scale); a single value.
+    """
+    sub = FORMATS[type_name].group_size
+    x = rng.standard_normal((n_rows * n_cols // sub, sub)).astype(np.float32)  # (sub-blocks, sub)
+    kind = rng.integers(0, 9, x.shape[0])
+    x[kind == 1] = 0
+    x[kind == 2] = 0.37
+    x[kind == 3] = -0.37
+    x[kind == 4] = -np.abs(x[kind == 4]) - np.float32(0.1)
+    sparse = x[kind == 5] * np.float32(10.0) ** rng.uniform(-6, 0, (np.sum(kind == 5), sub))
+    x[kind == 5] = np.where(rng.random(sparse.shape) < 0.9, 0, sparse).astype(np.float32)
+    x[kind == 6] *= np.float32(1e-3)
+    x[kind == 7] *= np.float32(1e-40)
+    x[kind == 8] = np.where(np.arange(sub) == 5, x[kind == 8], 0)
+    return x.reshape(n_rows, n_cols)
 
 
 def _fn(module, verb: str, type_name: str):
@@ -112,6 +145,68 @@ def test_kernel_matches_ggml_on_a_whole_layer(type_name, imatrix):
     im = _imatrix(imatrix, x.shape[1], rng)
     oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
                                oracle.quantize(type_name, x, im))
+
+
+@pytest.mark.parametrize("imatrix", [None, "random", "with_zeros"])
+@pytest.mark.parametrize("n_blocks", [1, KERNEL.GROUP + 3])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_lanes_branch_apart(type_name, n_blocks, imatrix):
+    """Sub-blocks searched side by side take different paths; 1 super-block per row
+    (fewer lanes than a vector) and two lane groups per row, the second partial."""
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} lanes {n_blocks} {imatrix}".encode()))
+    n_cols = n_blocks * QK_K
+    x = _mixed_sub_blocks(type_name, 1024 // n_blocks, n_cols, rng)
+    im = _imatrix(imatrix, n_cols, rng)
+    oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
+                               oracle.quantize(type_name, x, im))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_sparse_rows_with_dead_columns(type_name):
+    """90% zeros, magnitudes 1e-6..1, half the imatrix zero: a trial measured from a
+    better trial's min can round beyond 2**22, where ggml's ``nearest_int`` wraps."""
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} sparse".encode()))
+    x = rng.standard_normal((400, 4 * QK_K)).astype(np.float32)
+    x *= (np.float32(10.0) ** rng.uniform(-6, 0, x.shape)).astype(np.float32)
+    x[rng.random(x.shape) < 0.9] = 0
+    im = rng.uniform(0, 2, x.shape[1]).astype(np.float32)
+    im[rng.random(x.shape[1]) < 0.5] = 0
+    oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
+                               oracle.quantize(type_name, x, im))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_negative_sub_block_scale(type_name):
+    """Sub-block 3 holds three values; the two of zero importance set its range, the
+    third is small and negative. Its fitted scale comes out negative, so
+    ``make_qp_quants`` gives a code that wraps past 4/6 bits; ggml packs it,
+    spilling into other sub-blocks' bits (Q5_K clamps it to 63 first), and then
+    rounds every weight against the codes as stored. One super-block per row."""
+    sub = FORMATS[type_name].group_size
+    grid = [(big, mid, small, rest, freq) for big in (0.1, 0.3, 1.0)
+            for mid in (-0.02, -0.05, -0.09, -0.2) for small in (-0.001, -0.003, -0.01, -0.03)
+            for rest in (1e-5, 1e-4, 1e-3) for freq in (0.5, 1.7, 2.9)]
+    x = np.empty((len(grid), QK_K), dtype=np.float32)
+    for r, (big, mid, small, rest, freq) in enumerate(grid):
+        x[r] = rest * np.sin(freq * np.arange(QK_K))
+        x[r, 3 * sub:4 * sub] = 0
+        x[r, 3 * sub + np.array([1, 5, 9])] = big, mid, small
+    im = np.ones(QK_K, dtype=np.float32)
+    im[3 * sub + np.array([1, 5])] = 0
+    oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
+                               oracle.quantize(type_name, x, im))
+
+
+def test_lanes_nearest_int_is_ggmls():
+    """round-half-even up to 2**22, then ggml's wrapped bit trick (inf: -2**22, nan: 0)."""
+    rng = np.random.default_rng(13)
+    x = np.concatenate([rng.uniform(-2.0**22, 2.0**22, 1000), np.arange(-8, 8) + 0.5])
+    x = x.astype(np.float32)
+    got = np.array([LANES.nearest_int(v) for v in x])
+    np.testing.assert_array_equal(got, np.rint(x).astype(np.int64))
+    beyond = [np.float32(2.0**22 + 1), np.float32(-(2.0**22) - 3), np.float32(np.inf),
+              np.float32(-np.inf), np.float32(np.nan)]
+    assert [int(LANES.nearest_int(v)) for v in beyond] == [-2**22, 2**22 - 6, -2**22, -2**22, 0]
 
 
 @pytest.mark.parametrize("module", [REFERENCE, KERNEL], ids=MODULE_IDS.get)

@@ -77,11 +77,13 @@ def _minilm_rows(n_rows: int, n_cols: int) -> np.ndarray:
 
 
 def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
-    """None, a random positive importance, or one from squared activations (llama-imatrix's statistic)."""
+    """None, a random positive importance, one with zeros, or one from squared activations (llama-imatrix's)."""
     if kind is None:
         return None
     if kind == "random":
         return rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
+    if kind == "dead_columns":  # zero importance, as llama-imatrix gives columns no token reached
+        return np.where(rng.random(n_cols) < 0.3, 0.0, rng.uniform(0.01, 5.0, n_cols)).astype(np.float32)
     acts = rng.standard_normal((64, n_cols)).astype(np.float32)
     acts[:, rng.integers(0, n_cols, 8)] *= 30  # a few hot channels, as real activations have
     return (acts * acts).mean(axis=0).astype(np.float32)
@@ -153,3 +155,48 @@ def test_kernel_is_deterministic(type_name, imatrix):
     first = quantize(x, im)
     np.testing.assert_array_equal(quantize(x, im), first)
     oracle.assert_blocks_equal(type_name, first, oracle.quantize(type_name, x, im))
+
+
+def _mixed_sub_block(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """One 16-weight sub-block of a named kind, float32 (16,)."""
+    normal = rng.standard_normal(16).astype(np.float32)
+    if kind == "normal":
+        return normal
+    if kind == "zero":
+        return np.zeros(16, dtype=np.float32)
+    if kind == "constant":
+        return np.full(16, 0.37, dtype=np.float32)
+    if kind == "below_eps":  # largest magnitude under GROUP_MAX_EPS: an all-zero group to ggml
+        return normal * np.float32(1e-17)
+    if kind == "tiny":  # a sub-block 1e-6 times its neighbours: its scale rounds to 0
+        return normal * np.float32(1e-6)
+    if kind == "huge":
+        return normal * np.float32(1e3)
+    if kind == "one_value":
+        block = np.zeros(16, dtype=np.float32)
+        block[rng.integers(16)] = rng.choice([-3.0, 2.0])
+        return block
+    if kind == "grid":  # half-integers: rounding ties
+        return (rng.integers(-8, 9, 16) * np.float32(0.5)).astype(np.float32)
+    raise ValueError(kind)
+
+
+MIXED_KINDS = ["normal", "zero", "constant", "below_eps", "tiny", "huge", "one_value", "grid"]
+
+
+@pytest.mark.parametrize("imatrix", [None, "random", "dead_columns"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_matches_ggml_on_mixed_rows(type_name, imatrix):
+    """Super-blocks and sub-blocks of one row taking different branches (the kernels search them as lanes).
+
+    Seven super-blocks a row: a full group of four and a partial one; one
+    super-block in three is wholly below GROUP_MAX_EPS.
+    """
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} mixed {imatrix}".encode()))
+    n_rows, n_blocks = 8, 7
+    kinds = rng.choice(MIXED_KINDS, (n_rows, n_blocks * 16))
+    x = np.stack([np.concatenate([_mixed_sub_block(k, rng) for k in row]) for row in kinds])
+    x[::3, 256:512] *= np.float32(1e-17)
+    im = _imatrix(imatrix, x.shape[1], rng)
+    got = _fn(KERNEL, "quantize", type_name)(x, im)
+    oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, im))

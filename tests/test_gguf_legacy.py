@@ -229,3 +229,75 @@ def test_kernel_matches_ggml_on_drawn_blocks(type_name):
         oracle.assert_blocks_equal(type_name, quantize(x, imatrix), oracle.quantize(type_name, x, imatrix))
 
     check()
+
+
+def _iq4nl_levels() -> np.ndarray:
+    """IQ4_NL's codebook as float32 (16,)."""
+    return REFERENCE.KVALUES_IQ4NL.astype(np.float32)
+
+
+def _mixed_block(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """One 32-weight block of a named kind, float32 (32,)."""
+    normal = rng.standard_normal(QK).astype(np.float32)
+    if kind == "normal":
+        return normal
+    if kind == "zero":
+        return np.zeros(QK, dtype=np.float32)
+    if kind == "constant":
+        return np.full(QK, -0.37, dtype=np.float32)
+    if kind == "below_eps":  # largest magnitude under GROUP_MAX_EPS: an all-zero block to ggml
+        return normal * np.float32(1e-17)
+    if kind == "near_eps":  # just above GROUP_MAX_EPS
+        return normal * np.float32(1e-14)
+    if kind == "huge":
+        return normal * np.float32(1e4)
+    if kind == "one_value":  # one nonzero weight
+        block = np.zeros(QK, dtype=np.float32)
+        block[rng.integers(QK)] = rng.choice([-3.0, 2.0])
+        return block
+    if kind == "midpoints":  # max 127: IQ4_NL's first trial scale is 1, so these sit on its midpoints
+        levels = _iq4nl_levels()
+        mids = (levels[:-1] + levels[1:]) / np.float32(2)
+        block = rng.choice(np.concatenate([mids, levels]), QK).astype(np.float32)
+        block[0] = 127.0
+        return block
+    raise ValueError(kind)
+
+
+MIXED_KINDS = ["normal", "zero", "constant", "below_eps", "near_eps", "huge", "one_value", "midpoints"]
+
+
+@pytest.mark.parametrize("imatrix_kind", [None, "random", "dead_columns"])
+@pytest.mark.parametrize("type_name", TYPES)
+def test_kernel_matches_ggml_on_mixed_rows(type_name, imatrix_kind, rng):
+    """Rows whose blocks take different branches side by side (the kernels search blocks as lanes).
+
+    137 blocks a row: two full groups of 64 lanes and a partial one.
+    """
+    n_rows, n_blocks = 6, 137
+    kinds = rng.choice(MIXED_KINDS, (n_rows, n_blocks))
+    x = np.stack([np.concatenate([_mixed_block(k, rng) for k in row]) for row in kinds])
+    imatrix = _imatrix(imatrix_kind, x.shape[1], rng)
+    got = _fn("numba", "quantize", type_name)(x, imatrix)
+    oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, imatrix))
+
+
+def test_iq4_nl_branch_free_index_is_ggml_search():
+    """The kernel's branch-free IQ4_NL index and level equal ggml's best_index_int8 (the reference's).
+
+    The index counts the midpoints at or below x; ggml's float32 comparison
+    flips exactly there, so checking both sides of every midpoint, the levels,
+    the ends and NaN covers every float32 (an exhaustive run over all 2**32
+    float32 values agreed too).
+    """
+    from qviz.kernels.numba.lanes_sym import IQ4NL_MIDPOINTS, iq4nl_index, iq4nl_level
+
+    levels = _iq4nl_levels()
+    mids = IQ4NL_MIDPOINTS[1:]
+    xs = np.concatenate([mids, np.nextafter(mids, -np.inf), np.nextafter(mids, np.inf), levels,
+                         np.nextafter(levels, -np.inf), np.nextafter(levels, np.inf),
+                         [0.0, -0.0, 1e-30, -1e-30, 1e9, -1e9, np.inf, -np.inf, np.nan]]).astype(np.float32)
+    for x in xs:
+        want = ggml_search.best_index_int8(16, REFERENCE.KVALUES_IQ4NL, x)
+        assert iq4nl_index(x) == want, x
+        assert np.float32(iq4nl_level(x)).view(np.uint32) == levels[want].view(np.uint32), x

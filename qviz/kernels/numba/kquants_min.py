@@ -1,8 +1,12 @@
 """Numba twins of :mod:`qviz.formats.gguf_k_min`: Q2_K, Q4_K, Q5_K.
 
 Same public names as the reference, same bytes. Rows run in parallel
-(``prange``); each row walks its super-blocks with preallocated work arrays.
-The bit maps of every packed field are drawn in the reference module.
+(``prange``). Within a row, the sub-blocks of up to ``GROUP`` super-blocks
+are searched side by side, lane-major (:mod:`qviz.kernels.numba.lanes_min`:
+the serial float32 sums of ggml's search overlap and vectorize); the
+super-scales, the final rounding and the packing then run one super-block at
+a time. Work arrays are allocated once per row. The bit maps of every packed
+field are drawn in the reference module.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from qviz.formats import ggml_search, rounding
 from qviz.formats.gguf_k_min import IMATRIX_SEARCH, PARAMS
 from qviz.formats.rounding import FP16_TABLE
 from qviz.formats.spec import FORMATS, QK_K
+from qviz.kernels.numba.lanes_min import (N_LANE_VALUES, from_lanes, make_qkx_quants_lanes,
+                                          nearest_int, to_lanes)
 from qviz.kernels.numba.search import JIT_OPTIONS
 
 f32 = np.float32
@@ -21,6 +27,9 @@ f32 = np.float32
 Q2_K_SIZE = FORMATS["Q2_K"].type_size  # 84: scales 16, qs 64, d 2, dmin 2
 Q4_K_SIZE = FORMATS["Q4_K"].type_size  # 144: d 2, dmin 2, scales 12, qs 128
 Q5_K_SIZE = FORMATS["Q5_K"].type_size  # 176: d 2, dmin 2, scales 12, qh 32, qs 128
+#: super-blocks searched side by side: a 4096-wide row at once, 128 lanes (Q4_K, Q5_K)
+#: or 256 (Q2_K); fewer lanes leave the vector loops too short to pay for themselves
+GROUP = 16
 
 
 # ---------------------------------------------------------------------------
@@ -52,34 +61,68 @@ def _scale_min_k4(j, b, off):
 # ---------------------------------------------------------------------------
 
 @njit(**JIT_OPTIONS)
-def _search_weights(x, qw, is_q2, sub, weights):
-    """The reference's ``_search_weights`` into ``weights`` (256,) float32.
+def _ref_weights(xl, n_lanes, is_q2, wl, av_x):
+    """Error weights of the ``_ref`` path, lane-major: ``av_x + |x|`` (Q2_K: ``|x|``).
 
-    ``qw`` is None (``_ref`` path; numba compiles that branch away) or the
-    imatrix slice (256,) of this super-block.
+    xl : float32 (sub, >= n_lanes), the values; wl : float32 (sub, >= n_lanes),
+    written; av_x : float32 (>= n_lanes,), written: the root mean square of
+    each lane's sub-block (0 for Q2_K).
     """
-    if qw is None:
-        for j in range(0, QK_K, sub):
-            av_x = f32(0.0)  # Q2_K: 0 + |x| is exactly |x|
-            if not is_q2:
-                sum_x2 = f32(0.0)
-                for l in range(j, j + sub):
-                    sum_x2 += x[l] * x[l]
-                av_x = np.sqrt(sum_x2 / f32(sub))
-            for l in range(j, j + sub):
-                weights[l] = av_x + abs(x[l])
-        return
-    sum_x2 = f32(0.0)
+    sub = xl.shape[0]
+    for k in range(n_lanes):
+        av_x[k] = f32(0.0)
+    if not is_q2:  # Q2_K: 0 + |x| is exactly |x|
+        for i in range(sub):
+            for k in range(n_lanes):
+                av_x[k] += xl[i, k] * xl[i, k]
+        for k in range(n_lanes):
+            av_x[k] = np.sqrt(av_x[k] / f32(sub))
+    for i in range(sub):
+        for k in range(n_lanes):
+            wl[i, k] = av_x[k] + abs(xl[i, k])
+
+
+@njit(**JIT_OPTIONS)
+def _imatrix_weights(x, xl, qwl, n_lanes, is_q2, wl, sw, sigma2, lane_sigma2):
+    """Error weights of the ``_impl`` path, ``qw * sqrt(sigma2 + x**2)``, and their sums.
+
+    x : float32 (g * 256,), the group's super-blocks in natural order;
+    xl, qwl : float32 (sub, >= n_lanes), their values and imatrix, lane-major;
+    wl : float32 (sub, >= n_lanes), written; sw : float32 (>= n_lanes,),
+    written: each lane's sum of weights, in order; sigma2 : float32 (>= g,)
+    and lane_sigma2 : float32 (>= n_lanes,), scratch. ``sigma2`` is the
+    super-block's mean square (Q2_K) or twice it (Q4_K, Q5_K), summed over
+    its 256 weights in order, the ``g`` super-blocks side by side.
+    """
+    sub = xl.shape[0]
+    n_sub = QK_K // sub
+    g = x.shape[0] // QK_K
+    for s in range(g):
+        sigma2[s] = f32(0.0)
     for l in range(QK_K):
-        sum_x2 += x[l] * x[l]
-    sigma2 = sum_x2 / f32(QK_K) if is_q2 else f32(2.0) * sum_x2 / f32(QK_K)
-    for l in range(QK_K):
-        weights[l] = qw[l] * np.sqrt(sigma2 + x[l] * x[l])
+        for s in range(g):
+            v = x[QK_K * s + l]
+            sigma2[s] += v * v
+    for s in range(g):
+        s2 = sigma2[s] / f32(QK_K) if is_q2 else f32(2.0) * sigma2[s] / f32(QK_K)
+        for k in range(n_sub * s, n_sub * (s + 1)):
+            lane_sigma2[k] = s2
+            sw[k] = f32(0.0)
+    for i in range(sub):
+        for k in range(n_lanes):
+            v = xl[i, k]
+            wl[i, k] = qwl[i, k] * np.sqrt(lane_sigma2[k] + v * v)
+            sw[k] += wl[i, k]
 
 
 @njit(**JIT_OPTIONS)
 def _quantize_by_max(v, sc_max, codes):
-    """The reference's ``_quantize_by_max``: fills ``codes``, returns the fp16 bits of the step."""
+    """The ``_ref`` rule: ``v``'s largest value becomes code ``sc_max``.
+
+    v : float32 (n_sub,); codes : uint8 (n_sub,), written. Returns the fp16
+    bits of the step. A negative ``v`` (a search can return a negative
+    scale) gives a negative code, which wraps as C's ``uint8_t`` store does.
+    """
     vmax = f32(0.0)
     for a in v:
         if a > vmax:
@@ -89,50 +132,30 @@ def _quantize_by_max(v, sc_max, codes):
         return rounding.fp16_bits(f32(0.0))
     iscale = f32(sc_max) / vmax
     for j in range(v.shape[0]):
-        codes[j] = min(rounding.nearest_int(iscale * v[j]), sc_max)
+        codes[j] = rounding.nearest_int(iscale * v[j]) & 0xFF
     return rounding.fp16_bits(vmax / f32(sc_max))
 
 
 @njit(**JIT_OPTIONS)
-def _quantize_block(x, qw, is_q2, nmax, sub, sc_max, rmin, rdelta, nstep, use_mad,
-                    weights, scales, mins, sw, ls, lm, L, Laux):
-    """The reference's ``quantize_block`` with caller-owned work arrays.
+def _super_scales(scales, mins, sw, by_max, sc_max, clamp, ls, lm):
+    """Sub-block scales and mins as codes ``ls``, ``lm`` of the super-scales ``d``, ``dmin``.
 
-    x : float32 (256,); qw : float32 (256,) or None; weights : float32 (256,);
-    scales, mins, sw : float32 (n_sub,); ls, lm : uint8 (n_sub,);
-    L : uint8 (256,); Laux : uint8 (sub,). Fills ``ls``, ``lm`` and ``L``
-    and returns the fp16 bits ``(d, dmin)``.
+    scales, mins, sw : float32 (n_sub,); ls, lm : uint8 (n_sub,), written.
+    ``by_max``: the ``_ref`` rule (:func:`_quantize_by_max`), else ggml's
+    ``make_qp_quants`` weighted by ``sw``. ``clamp``: ggml's ``MIN(63, ls)``
+    on the (wrapped) codes, which Q4_K's and Q5_K's ``_ref`` and Q5_K's
+    ``_impl`` apply and the others do not. Returns the fp16 bits ``(d, dmin)``.
     """
-    n_sub = QK_K // sub
-    _search_weights(x, qw, is_q2, sub, weights)
-    for j in range(n_sub):
-        a, b = sub * j, sub * (j + 1)
-        if qw is None:
-            scales[j], mins[j] = ggml_search.make_qkx2_quants(
-                sub, nmax, x[a:b], weights[a:b], L[a:b], Laux, rmin, rdelta, nstep, use_mad)
-        else:
-            scales[j], mins[j] = ggml_search.make_qkx3_quants(
-                sub, nmax, x[a:b], weights[a:b], L[a:b], Laux, rmin, rdelta, nstep, use_mad)
-    if qw is None:
+    if by_max:
         d = _quantize_by_max(scales, sc_max, ls)
         dmin = _quantize_by_max(mins, sc_max, lm)
     else:
-        for j in range(n_sub):
-            s = f32(0.0)
-            for l in range(sub * j, sub * (j + 1)):
-                s += weights[l]
-            sw[j] = s
-        d = rounding.fp16_bits(ggml_search.make_qp_quants(n_sub, sc_max, scales, ls, sw))
-        dmin = rounding.fp16_bits(ggml_search.make_qp_quants(n_sub, sc_max, mins, lm, sw))
-    d_value, dmin_value = FP16_TABLE[d], FP16_TABLE[dmin]
-    for j in range(n_sub):  # requantize against the decoded scale and min
-        step = d_value * f32(ls[j])
-        if step == 0:
-            continue
-        shift = dmin_value * f32(lm[j])
-        for l in range(sub * j, sub * (j + 1)):
-            q = np.rint((x[l] + shift) / step)  # nearest_int; ggml codes inf/nan (fp16 overflow) 0
-            L[l] = min(f32(nmax), max(f32(0.0), q)) if np.isfinite(q) else 0
+        d = rounding.fp16_bits(ggml_search.make_qp_quants(scales.shape[0], sc_max, scales, ls, sw))
+        dmin = rounding.fp16_bits(ggml_search.make_qp_quants(mins.shape[0], sc_max, mins, lm, sw))
+    if clamp:
+        for j in range(ls.shape[0]):
+            ls[j] = min(ls[j], sc_max)
+            lm[j] = min(lm[j], sc_max)
     return d, dmin
 
 
@@ -152,43 +175,77 @@ def _pack_scale_min_k4(ls, lm, b, off):
 
 
 @njit(**JIT_OPTIONS)
-def _pack_q2_k(d, dmin, ls, lm, L, b, o):
-    """One Q2_K block into ``b[o:o+84]`` (bit maps in the reference)."""
-    for j in range(16):
-        b[o + j] = ls[j] | (lm[j] << 4)
-    for half in range(2):
-        for l in range(32):
-            k = 128 * half + l
-            b[o + 16 + 32 * half + l] = L[k] | (L[k + 32] << 2) | (L[k + 64] << 4) | (L[k + 96] << 6)
-    _write_fp16(b, o + 80, d)
-    _write_fp16(b, o + 82, dmin)
+def _pack_scales(bits, d, dmin, ls, lm, b, o):
+    """The ``d``, ``dmin`` and ``scales`` fields of one Q{bits}_K block at ``b[o:]``.
+
+    Like ggml's, a code above its field's width (a wrapped negative) spills
+    into its neighbours' bits.
+    """
+    if bits == 2:
+        for j in range(16):
+            b[o + j] = ls[j] | (lm[j] << 4)
+        _write_fp16(b, o + 80, d)
+        _write_fp16(b, o + 82, dmin)
+    else:
+        _write_fp16(b, o, d)
+        _write_fp16(b, o + 2, dmin)
+        _pack_scale_min_k4(ls, lm, b, o + 4)
 
 
 @njit(**JIT_OPTIONS)
-def _pack_q4_k(d, dmin, ls, lm, L, b, o):
-    """One Q4_K block into ``b[o:o+144]`` (bit maps in the reference)."""
-    _write_fp16(b, o, d)
-    _write_fp16(b, o + 2, dmin)
-    _pack_scale_min_k4(ls, lm, b, o + 4)
-    for c in range(4):
-        for l in range(32):
-            b[o + 16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
+def _packed_scale_min(bits, j, b, o):
+    """Sub-block ``j``'s scale and min codes as stored in the Q{bits}_K block at ``b[o:]``."""
+    if bits == 2:
+        return b[o + j] & 0xF, b[o + j] >> 4
+    return _scale_min_k4(j, b, o + 4)
 
 
 @njit(**JIT_OPTIONS)
-def _pack_q5_k(d, dmin, ls, lm, L, b, o):
-    """One Q5_K block into ``b[o:o+176]`` (bit maps in the reference)."""
-    _write_fp16(b, o, d)
-    _write_fp16(b, o + 2, dmin)
-    _pack_scale_min_k4(ls, lm, b, o + 4)
-    for l in range(32):
-        qh = 0
-        for s in range(8):
-            qh |= ((L[32 * s + l] >> 4) & 1) << s
-        b[o + 16 + l] = qh
-    for c in range(4):
+def _requantize(x, bits, nmax, b, o, L):
+    """Round every sub-block again against the scale and min stored in the block.
+
+    x : float32 (256,); b[o:] : the block, its ``d``, ``dmin`` and ``scales``
+    already packed (ggml reads them back, so a spilled code reads as stored);
+    L : uint8 (256,), the search's codes, overwritten except in sub-blocks
+    whose step is 0.
+    """
+    d_off = 80 if bits == 2 else 0
+    d_value, dmin_value = _read_fp16(b, o + d_off), _read_fp16(b, o + d_off + 2)
+    n_sub = 16 if bits == 2 else 8
+    sub = QK_K // n_sub
+    for j in range(n_sub):
+        sc, m = _packed_scale_min(bits, j, b, o)
+        step = d_value * f32(sc)
+        if step == 0:
+            continue
+        shift = dmin_value * f32(m)
+        for l in range(sub * j, sub * (j + 1)):
+            L[l] = max(0, min(nmax, nearest_int((x[l] + shift) / step)))
+
+
+@njit(**JIT_OPTIONS)
+def _pack_codes(bits, L, b, o):
+    """The ``qs`` (and Q5_K's ``qh``) fields of one Q{bits}_K block at ``b[o:]``
+    (bit maps in the reference)."""
+    if bits == 2:
+        for half in range(2):
+            for l in range(32):
+                k = 128 * half + l
+                b[o + 16 + 32 * half + l] = (L[k] | (L[k + 32] << 2) | (L[k + 64] << 4)
+                                             | (L[k + 96] << 6))
+    elif bits == 4:
+        for c in range(4):
+            for l in range(32):
+                b[o + 16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
+    else:
         for l in range(32):
-            b[o + 48 + 32 * c + l] = (L[64 * c + l] & 0xF) | ((L[64 * c + 32 + l] & 0xF) << 4)
+            qh = 0
+            for s in range(8):
+                qh |= ((L[32 * s + l] >> 4) & 1) << s
+            b[o + 16 + l] = qh
+        for c in range(4):
+            for l in range(32):
+                b[o + 48 + 32 * c + l] = (L[64 * c + l] & 0xF) | ((L[64 * c + 32 + l] & 0xF) << 4)
 
 
 @njit(**JIT_OPTIONS)
@@ -198,36 +255,58 @@ def _quantize_row(x, imatrix, out, p, bits):
     x : float32 (n_cols,); imatrix : float32 (n_cols,) or None (numba
     compiles one variant for each); out : uint8 (row_bytes,), written;
     p : the type's ``KMinParams``; bits : 2, 4 or 5, which packer to use.
-    The work arrays are allocated once per row.
+
+    Up to ``GROUP`` super-blocks at a time: their sub-blocks go lane-major
+    (lane ``k`` = sub-block ``k % n_sub`` of super-block ``k // n_sub``) and
+    are searched together; then, one super-block at a time, the super-scales,
+    the final rounding and the packing.
     """
-    n_sub = QK_K // p.sub
-    weights = np.empty(QK_K, dtype=np.float32)
-    scales = np.empty(n_sub, dtype=np.float32)
-    mins = np.empty(n_sub, dtype=np.float32)
-    sw = np.empty(n_sub, dtype=np.float32)
+    sub = p.sub
+    n_sub = QK_K // sub
+    nb = x.shape[0] // QK_K
+    type_size = out.shape[0] // nb
+    lanes = GROUP * n_sub
+    xl = np.empty((sub, lanes), dtype=np.float32)  # (sub, lanes): values
+    wl = np.empty((sub, lanes), dtype=np.float32)  # (sub, lanes): error weights
+    qwl = np.empty((sub, lanes), dtype=np.float32)  # (sub, lanes): imatrix
+    Ll = np.empty((sub, lanes), dtype=np.uint8)  # (sub, lanes): the search's codes
+    Lf = np.empty((sub, lanes), dtype=np.float32)
+    work = np.empty((N_LANE_VALUES, lanes), dtype=np.float32)
+    scales = np.empty(lanes, dtype=np.float32)
+    mins = np.empty(lanes, dtype=np.float32)
+    sw = np.empty(lanes, dtype=np.float32)
+    av_x = np.empty(lanes, dtype=np.float32)
+    lane_sigma2 = np.empty(lanes, dtype=np.float32)
+    sigma2 = np.empty(GROUP, dtype=np.float32)
     ls = np.empty(n_sub, dtype=np.uint8)
     lm = np.empty(n_sub, dtype=np.uint8)
     L = np.empty(QK_K, dtype=np.uint8)
-    Laux = np.empty(p.sub, dtype=np.uint8)
-    type_size = out.shape[0] // (x.shape[0] // QK_K)
-    for i in range(x.shape[0] // QK_K):
-        xb = x[QK_K * i:QK_K * (i + 1)]
+    if imatrix is None:
+        rmin, rdelta, nstep, use_mad = p.ref_search
+    else:
+        rmin, rdelta, nstep, use_mad = IMATRIX_SEARCH
+    clamp = bits == 5 or (bits == 4 and imatrix is None)
+    for i0 in range(0, nb, GROUP):
+        g = min(GROUP, nb - i0)
+        n_lanes = g * n_sub
+        xg = x[QK_K * i0:QK_K * (i0 + g)]
+        to_lanes(xg, sub, xl)
         if imatrix is None:
-            rmin, rdelta, nstep, use_mad = p.ref_search
-            d, dmin = _quantize_block(xb, None, bits == 2, p.nmax, p.sub, p.sc_max,
-                                      rmin, rdelta, nstep, use_mad,
-                                      weights, scales, mins, sw, ls, lm, L, Laux)
+            _ref_weights(xl, n_lanes, bits == 2, wl, av_x)
         else:
-            rmin, rdelta, nstep, use_mad = IMATRIX_SEARCH
-            d, dmin = _quantize_block(xb, imatrix[QK_K * i:QK_K * (i + 1)], bits == 2,
-                                      p.nmax, p.sub, p.sc_max, rmin, rdelta, nstep, use_mad,
-                                      weights, scales, mins, sw, ls, lm, L, Laux)
-        if bits == 2:
-            _pack_q2_k(d, dmin, ls, lm, L, out, i * type_size)
-        elif bits == 4:
-            _pack_q4_k(d, dmin, ls, lm, L, out, i * type_size)
-        else:
-            _pack_q5_k(d, dmin, ls, lm, L, out, i * type_size)
+            to_lanes(imatrix[QK_K * i0:QK_K * (i0 + g)], sub, qwl)
+            _imatrix_weights(xg, xl, qwl, n_lanes, bits == 2, wl, sw, sigma2, lane_sigma2)
+        make_qkx_quants_lanes(n_lanes, p.nmax, xl, wl, Ll, rmin, rdelta, nstep, use_mad,
+                              scales, mins, Lf, work)
+        for s in range(g):
+            k0 = n_sub * s
+            from_lanes(Ll, k0, L)
+            d, dmin = _super_scales(scales[k0:k0 + n_sub], mins[k0:k0 + n_sub],
+                                    sw[k0:k0 + n_sub], imatrix is None, p.sc_max, clamp, ls, lm)
+            o = (i0 + s) * type_size
+            _pack_scales(bits, d, dmin, ls, lm, out, o)
+            _requantize(xg[QK_K * s:QK_K * (s + 1)], bits, p.nmax, out, o, L)
+            _pack_codes(bits, L, out, o)
 
 
 _Q2_K, _Q4_K, _Q5_K = PARAMS["Q2_K"], PARAMS["Q4_K"], PARAMS["Q5_K"]

@@ -1,11 +1,14 @@
 """Numba twins of :mod:`qviz.formats.gguf_k_sym`: Q3_K and Q6_K.
 
 Same public names and results, bit for bit, as the numpy reference: rows run
-in parallel (``prange``), each row works in scratch arrays allocated once, and
-the sub-block searches are the shared ``make_q3_quants`` / ``make_qx_quants``
-of :mod:`qviz.formats.ggml_search`, compiled (:mod:`qviz.kernels.numba.search`
-registers them with numba). The bit layouts are drawn in the
-reference module; the loops here follow them byte by byte.
+in parallel (``prange``) and each row works in scratch arrays allocated once.
+The sub-block searches (ggml's ``make_q3_quants`` / ``make_qx_quants``) run
+for ``BLOCKS_PER_GROUP`` super-blocks at once, one sub-block per lane
+(:mod:`qviz.kernels.numba.lanes_sym`); Q3_K's search over the 16 scales with
+an imatrix is the shared ``make_qx_quants`` of :mod:`qviz.formats.ggml_search`,
+compiled (:mod:`qviz.kernels.numba.search` registers it with numba). The bit
+layouts are drawn in the reference module; the loops here follow them byte
+by byte.
 """
 from __future__ import annotations
 
@@ -13,13 +16,15 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit, prange
 
-from qviz.formats.ggml_search import GROUP_MAX_EPS, make_q3_quants, make_qx_quants
+from qviz.formats.ggml_search import GROUP_MAX_EPS, make_qx_quants
 from qviz.formats.rounding import fp16_bits, fp16_value, nearest_int
 from qviz.formats.spec import FORMATS, QK_K
+from qviz.kernels.numba.lanes_sym import LANES, from_lanes, q3_quants_lanes, qx_quants_lanes, to_lanes
 from qviz.kernels.numba.search import JIT_OPTIONS  # also teaches numba the functions above
 
 SUB = 16  # weights per sub-block
 N_SUB = QK_K // SUB  # sub-blocks per super-block
+BLOCKS_PER_GROUP = LANES // N_SUB  # super-blocks whose sub-block searches run together
 Q3_K_SIZE = FORMATS["Q3_K"].type_size  # 110: hmask 32, qs 64, scales 12, d 2
 Q6_K_SIZE = FORMATS["Q6_K"].type_size  # 210: ql 128, qh 64, scales 16, d 2
 
@@ -85,56 +90,78 @@ def _pack_q3_k(L, sc, d_bits, out):
 
 
 @njit(**JIT_OPTIONS)
-def _q3_k_block(x, qw, use_imatrix, L, scales, sw, weight, sc, out):
-    """Quantize one super-block x (256,) into ``out`` (110,) (ggml quantize_row_q3_K_ref / _impl).
+def _q3_k_weights(x, qw, weight):
+    """The ``_impl`` weights of one super-block: ``qw * sqrt(sigma2 + x**2)``, ``sigma2 = 2*mean(x**2)``.
 
-    qw : float32 (256,) importance (read only if ``use_imatrix``); L, sc : int8
-    scratch (256,), (16,); scales, sw : float32 (16,); weight : float32 (256,).
+    x, qw, weight : float32 (256,); weight is written.
     """
-    if use_imatrix:
-        sumx2 = np.float32(0.0)
-        for i in range(QK_K):
-            sumx2 += x[i] * x[i]
-        sigma2 = np.float32(2.0) * sumx2 / np.float32(QK_K)
-        for i in range(QK_K):
-            weight[i] = qw[i] * np.sqrt(sigma2 + x[i] * x[i])
-        for j in range(N_SUB):
-            s = np.float32(0.0)
-            for i in range(SUB * j, SUB * (j + 1)):
-                s += weight[i]
-            sw[j] = s
-            scales[j] = make_qx_quants(SUB, 4, x[SUB * j:], L[SUB * j:], 1, weight[SUB * j:])
-        d_bits = fp16_bits(make_qx_quants(N_SUB, 32, scales, sc, 1, sw))
-    else:
-        for j in range(N_SUB):
-            scales[j] = make_q3_quants(SUB, 4, x[SUB * j:], L[SUB * j:], True)
-        max_scale = _max_by_abs(scales)
-        if max_scale != 0:
-            iscale = np.float32(-32.0) / max_scale
-            for j in range(N_SUB):
-                sc[j] = max(-32, min(31, nearest_int(iscale * scales[j]))) + 32
-            d_bits = fp16_bits(np.float32(1.0) / iscale)
-        else:
-            sc[:] = 0
-            d_bits = 0
-    _requantize(x, _fp16(d_bits), sc, 32, L, 4)
-    _pack_q3_k(L, sc, d_bits, out)
+    sumx2 = np.float32(0.0)
+    for i in range(QK_K):
+        sumx2 += x[i] * x[i]
+    sigma2 = np.float32(2.0) * sumx2 / np.float32(QK_K)
+    for i in range(QK_K):
+        weight[i] = qw[i] * np.sqrt(sigma2 + x[i] * x[i])
+
+
+@njit(**JIT_OPTIONS)
+def _q3_k_ref_scales(scales, sc):
+    """quantize_row_q3_K_ref's 6-bit scales sc (16,) from the sub-block scales (16,); returns d's bits."""
+    max_scale = _max_by_abs(scales)
+    if max_scale == 0:
+        sc[:] = 0
+        return 0
+    iscale = np.float32(-32.0) / max_scale
+    for j in range(N_SUB):
+        sc[j] = max(-32, min(31, nearest_int(iscale * scales[j]))) + 32
+    return fp16_bits(np.float32(1.0) / iscale)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _quantize_q3_k(x, imatrix, use_imatrix, out):
-    """Rows x (n_rows, n_cols) float32 -> out (n_rows, n_blocks * 110) uint8."""
+    """Rows x (n_rows, n_cols) float32 -> out (n_rows, n_blocks * 110) uint8.
+
+    The sub-block searches of ``BLOCKS_PER_GROUP`` super-blocks run as lanes:
+    ``make_q3_quants`` (quantize_row_q3_K_ref), or with an imatrix
+    ``make_qx_quants`` (quantize_row_q3_K_impl).
+    """
     n_blocks = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
+        xr = x[r]
         L = np.zeros(QK_K, dtype=np.int8)
         sc = np.zeros(N_SUB, dtype=np.int8)
-        scales = np.zeros(N_SUB, dtype=np.float32)
-        sw = np.zeros(N_SUB, dtype=np.float32)
-        weight = np.zeros(QK_K, dtype=np.float32)
-        for i in range(n_blocks):
-            qw = imatrix[QK_K * i:QK_K * (i + 1)] if use_imatrix else imatrix
-            _q3_k_block(x[r, QK_K * i:QK_K * (i + 1)], qw, use_imatrix, L, scales, sw, weight, sc,
-                        out[r, Q3_K_SIZE * i:Q3_K_SIZE * (i + 1)])
+        weight = np.zeros(BLOCKS_PER_GROUP * QK_K, dtype=np.float32)
+        xt = np.zeros((SUB, LANES), dtype=np.float32)  # (16, LANES): sub-block j of block i0 + g in lane 16*g + j
+        wt = np.zeros((SUB, LANES), dtype=np.float32)
+        Lt = np.zeros((SUB, LANES), dtype=np.int8)
+        scale_t = np.zeros(LANES, dtype=np.float32)
+        sw = np.zeros(LANES, dtype=np.float32)
+        work = np.zeros((8, LANES), dtype=np.float32)
+        moved = np.zeros(LANES, dtype=np.bool_)
+        for i0 in range(0, n_blocks, BLOCKS_PER_GROUP):
+            n_here = min(BLOCKS_PER_GROUP, n_blocks - i0)
+            to_lanes(xr, QK_K * i0, SUB, N_SUB * n_here, xt)
+            if use_imatrix:
+                for g in range(n_here):
+                    k = QK_K * (i0 + g)
+                    _q3_k_weights(xr[k:k + QK_K], imatrix[k:k + QK_K], weight[QK_K * g:])
+                to_lanes(weight, 0, SUB, N_SUB * n_here, wt)
+                qx_quants_lanes(4, xt, wt, Lt, scale_t, work)
+                for l in range(LANES):
+                    s = np.float32(0.0)
+                    for i in range(SUB):
+                        s += wt[i, l]
+                    sw[l] = s
+            else:
+                q3_quants_lanes(4, xt, Lt, scale_t, work, moved)
+            for g in range(n_here):
+                k = QK_K * (i0 + g)
+                from_lanes(Lt, N_SUB * g, N_SUB, L)
+                if use_imatrix:
+                    d_bits = fp16_bits(make_qx_quants(N_SUB, 32, scale_t[N_SUB * g:], sc, 1, sw[N_SUB * g:]))
+                else:
+                    d_bits = _q3_k_ref_scales(scale_t[N_SUB * g:N_SUB * (g + 1)], sc)
+                _requantize(xr[k:k + QK_K], _fp16(d_bits), sc, 32, L, 4)
+                _pack_q3_k(L, sc, d_bits, out[r, Q3_K_SIZE * (i0 + g):Q3_K_SIZE * (i0 + g + 1)])
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -178,21 +205,12 @@ def _pack_q6_k(L, sc, d_bits, out):
 
 
 @njit(**JIT_OPTIONS)
-def _q6_k_block(x, qw, use_imatrix, L, scales, sc, weight, out):
-    """Quantize one super-block x (256,) into ``out`` (210,) (ggml quantize_row_q6_K_ref / _impl).
+def _q6_k_block(x, scales, L, sc, out):
+    """Finish one super-block x (256,) from its sub-block scales (16,) and codes L (256,) into ``out`` (210,).
 
-    qw : float32 (256,) importance (read only if ``use_imatrix``); L, sc : int8
-    scratch (256,), (16,); scales : float32 (16,); weight : float32 (256,) scratch.
-    Without an imatrix ggml weighs the error by ``x[i]*x[i]``; computing those
-    products once per block instead of once per search step gives the same
-    float32 values.
+    sc : int8 (16,) scratch. ggml quantize_row_q6_K_ref / _impl after the
+    sub-block searches: 8-bit scales of the largest scale, requantize, pack.
     """
-    if not use_imatrix:
-        for i in range(QK_K):
-            weight[i] = x[i] * x[i]
-        qw = weight
-    for j in range(N_SUB):
-        scales[j] = make_qx_quants(SUB, 32, x[SUB * j:], L[SUB * j:], 1, qw[SUB * j:])
     max_scale = _max_by_abs(scales)
     if abs(max_scale) < GROUP_MAX_EPS:
         out[:] = 0
@@ -207,37 +225,71 @@ def _q6_k_block(x, qw, use_imatrix, L, scales, sc, weight, out):
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _quantize_q6_k(x, imatrix, use_imatrix, out):
-    """Rows x (n_rows, n_cols) float32 -> out (n_rows, n_blocks * 210) uint8."""
+    """Rows x (n_rows, n_cols) float32 -> out (n_rows, n_blocks * 210) uint8.
+
+    The sub-block searches of ``BLOCKS_PER_GROUP`` super-blocks run as lanes.
+    Without an imatrix ggml weighs the error by ``x*x``, computed here once.
+    """
     n_blocks = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
+        xr = x[r]
         L = np.zeros(QK_K, dtype=np.int8)
         sc = np.zeros(N_SUB, dtype=np.int8)
-        scales = np.zeros(N_SUB, dtype=np.float32)
-        weight = np.zeros(QK_K, dtype=np.float32)
-        for i in range(n_blocks):
-            qw = imatrix[QK_K * i:QK_K * (i + 1)] if use_imatrix else imatrix
-            _q6_k_block(x[r, QK_K * i:QK_K * (i + 1)], qw, use_imatrix, L, scales, sc, weight,
-                        out[r, Q6_K_SIZE * i:Q6_K_SIZE * (i + 1)])
+        xt = np.zeros((SUB, LANES), dtype=np.float32)  # (16, LANES): sub-block j of block i0 + g in lane 16*g + j
+        wt = np.zeros((SUB, LANES), dtype=np.float32)
+        Lt = np.zeros((SUB, LANES), dtype=np.int8)
+        scale_t = np.zeros(LANES, dtype=np.float32)
+        work = np.zeros((8, LANES), dtype=np.float32)
+        for i0 in range(0, n_blocks, BLOCKS_PER_GROUP):
+            n_here = min(BLOCKS_PER_GROUP, n_blocks - i0)
+            to_lanes(xr, QK_K * i0, SUB, N_SUB * n_here, xt)
+            if use_imatrix:
+                to_lanes(imatrix, QK_K * i0, SUB, N_SUB * n_here, wt)
+            else:
+                for i in range(SUB):
+                    for l in range(LANES):
+                        wt[i, l] = xt[i, l] * xt[i, l]
+            qx_quants_lanes(32, xt, wt, Lt, scale_t, work)
+            for g in range(n_here):
+                k = QK_K * (i0 + g)
+                from_lanes(Lt, N_SUB * g, N_SUB, L)
+                _q6_k_block(xr[k:k + QK_K], scale_t[N_SUB * g:N_SUB * (g + 1)], L, sc,
+                            out[r, Q6_K_SIZE * (i0 + g):Q6_K_SIZE * (i0 + g + 1)])
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _dequantize_q6_k(packed, y):
-    """packed (n_rows, n_blocks * 210) uint8 -> y (n_rows, n_blocks * 256) float32."""
+    """packed (n_rows, n_blocks * 210) uint8 -> y (n_rows, n_blocks * 256) float32.
+
+    ggml's loop order: each 128-weight half reads ql byte l, ql byte l + 32
+    and qh byte l once for four weights, 32 apart, writing four contiguous
+    runs; each 16-weight run has one scale, so the scales are loaded outside
+    the inner loop, which LLVM then vectorizes.
+    """
     n_blocks = y.shape[1] // QK_K
     for r in prange(packed.shape[0]):
         for i in range(n_blocks):
             b = packed[r, Q6_K_SIZE * i:Q6_K_SIZE * (i + 1)]
             yb = y[r, QK_K * i:QK_K * (i + 1)]
             d = _fp16(np.int64(b[208]) | (np.int64(b[209]) << 8))
-            for j in range(N_SUB):  # sub-block j: half h, quarter k, l from l0
-                h, k, l0 = j // 8, (j % 8) // 2, SUB * (j % 2)
-                ql = b[64 * h + 32 * (k % 2):]
-                qh = b[128 + 32 * h:]
-                s = d * np.float32(np.int8(b[192 + j]))
-                for l in range(l0, l0 + SUB):
-                    lo = (np.int64(ql[l]) >> (4 * (k // 2))) & 0xF
-                    hi = (np.int64(qh[l]) >> (2 * k)) & 3
-                    yb[128 * h + 32 * k + l] = s * np.float32((lo | (hi << 4)) - 32)
+            for h in range(2):
+                ql = b[64 * h:64 * (h + 1)]
+                qh = b[128 + 32 * h:128 + 32 * (h + 1)]
+                yh = yb[128 * h:128 * (h + 1)]
+                for half in range(2):  # weights l in [16*half, 16*half + 16) of each 32-run
+                    sc = 192 + 8 * h + half  # scales of the runs at 0, 32, 64, 96: sc, sc+2, sc+4, sc+6
+                    s0 = d * np.float32(np.int8(b[sc]))
+                    s1 = d * np.float32(np.int8(b[sc + 2]))
+                    s2 = d * np.float32(np.int8(b[sc + 4]))
+                    s3 = d * np.float32(np.int8(b[sc + 6]))
+                    for l in range(16 * half, 16 * half + 16):
+                        lo = np.int32(ql[l])
+                        lo2 = np.int32(ql[l + 32])
+                        hi = np.int32(qh[l])
+                        yh[l] = s0 * np.float32(((lo & 0xF) | ((hi & 3) << 4)) - 32)
+                        yh[l + 32] = s1 * np.float32(((lo2 & 0xF) | (((hi >> 2) & 3) << 4)) - 32)
+                        yh[l + 64] = s2 * np.float32(((lo >> 4) | (((hi >> 4) & 3) << 4)) - 32)
+                        yh[l + 96] = s3 * np.float32(((lo2 >> 4) | (((hi >> 6) & 3) << 4)) - 32)
 
 
 # ---------------------------------------------------------------- public

@@ -3,8 +3,10 @@
 Same public names as the reference, same bytes. Rows run in parallel
 (``prange``); each row walks its 32-weight blocks with work arrays allocated
 once per row. The scale searches are the reference's own functions from
-:mod:`qviz.formats.ggml_search`, compiled (see :mod:`qviz.kernels.numba.search`).
-The bit maps of the packed fields are drawn in the reference module.
+:mod:`qviz.formats.ggml_search`, compiled (see :mod:`qviz.kernels.numba.search`),
+except IQ4_NL's, which searches ``LANES`` blocks of a row in lock-step
+(:mod:`qviz.kernels.numba.lanes_sym`). The bit maps of the packed fields are
+drawn in the reference module.
 
 A kernel takes ``imatrix`` as an array or None; numba compiles a separate
 version for None, with the ``_impl`` branch pruned.
@@ -18,8 +20,9 @@ from numba import njit, prange
 from qviz.formats.gguf_legacy import KVALUES_IQ4NL
 from qviz.formats.rounding import FP16_TABLE
 from qviz.formats.spec import FORMATS, QK
-from qviz.kernels.numba.search import (JIT_OPTIONS, best_index_int8, fp16_bits, make_iq4nl_quants,
-                                       make_qkx3_quants, make_qx_quants, round_away)
+from qviz.kernels.numba.lanes_sym import (LANES, block_weights_lanes, iq4nl_codes_lanes,
+                                          iq4nl_quants_lanes, to_lanes)
+from qviz.kernels.numba.search import JIT_OPTIONS, fp16_bits, make_qkx3_quants, make_qx_quants, round_away
 
 F32 = np.float32
 
@@ -188,29 +191,32 @@ def _quantize_q8_0(x, out):
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _quantize_iq4_nl(x, imatrix, out):
-    """IQ4_NL rows into ``out`` (ggml's ``quantize_iq4_nl``, ntry = 7)."""
+    """IQ4_NL rows into ``out`` (ggml's ``quantize_iq4_nl``, ntry = 7), ``LANES`` blocks at a time."""
     n_rows, n_cols = x.shape
+    n_blocks = n_cols // QK
     for r in prange(n_rows):
-        L = np.empty(QK, dtype=np.uint8)
-        weight = np.empty(QK, dtype=F32)
-        for b in range(n_cols // QK):
-            xb = x[r, b * QK:(b + 1) * QK]
-            o = out[r, b * IQ4_NL_SIZE:(b + 1) * IQ4_NL_SIZE]
-            sigma2 = F32(0.0)
-            for j in range(QK):
-                sigma2 += xb[j] * xb[j]
-            sigma2 *= F32(2.0 / QK)
+        xt = np.empty((QK, LANES), dtype=F32)  # (32, LANES): block b0 + l in column l
+        wt = np.empty((QK, LANES), dtype=F32)
+        Lt = np.empty((QK, LANES), dtype=np.uint8)
+        d = np.empty(LANES, dtype=F32)
+        work = np.empty((6, LANES), dtype=F32)
+        for b0 in range(0, n_blocks, LANES):
+            n_lanes = min(LANES, n_blocks - b0)
+            to_lanes(x[r], b0 * QK, QK, n_lanes, xt)
             if imatrix is None:
                 for j in range(QK):
-                    weight[j] = xb[j] * xb[j]
+                    for l in range(LANES):
+                        wt[j, l] = xt[j, l] * xt[j, l]
             else:
-                _fill_weights(xb, imatrix[b * QK:(b + 1) * QK], sigma2, weight)
-            d = make_iq4nl_quants(QK, xb, L, weight, KVALUES_IQ4NL, 7)
-            inv = F32(1.0) / d if d != 0 else F32(0.0)
-            for j in range(QK):
-                L[j] = best_index_int8(16, KVALUES_IQ4NL, inv * xb[j])
-            _put_fp16(o, 0, d)
-            _put_nibbles(o, 2, L)
+                to_lanes(imatrix, b0 * QK, QK, n_lanes, wt)
+                block_weights_lanes(xt, wt, F32(2.0 / QK), work[0])
+            iq4nl_quants_lanes(xt, wt, 7, d, work)
+            iq4nl_codes_lanes(xt, d, Lt)
+            for l in range(n_lanes):
+                o = out[r, (b0 + l) * IQ4_NL_SIZE:(b0 + l + 1) * IQ4_NL_SIZE]
+                _put_fp16(o, 0, d[l])
+                for j in range(16):
+                    o[2 + j] = Lt[j, l] | (Lt[j + 16, l] << 4)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -294,17 +300,24 @@ def _dequantize_q5_1(packed, out):
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _dequantize_q8_0(packed, out):
-    """Q8_0: ``q * d`` with int8 q."""
+    """Q8_0: ``q * d`` with int8 q.
+
+    Rows are viewed as blocks, (n_blocks, 34) -> (n_blocks, 32), and the inner
+    loop runs to the slice's length: numba's loop vectorizer skips a loop of
+    constant length 32 (LLVM unrolls it fully first, and numba runs no SLP
+    vectorizer) but vectorizes this one.
+    """
     n_rows, n_cols = out.shape
+    n_blocks = n_cols // QK
     for r in prange(n_rows):
-        p = packed[r]
-        y = out[r]
-        for b in range(n_cols // QK):
-            o = b * Q8_0_SIZE
-            d = _get_fp16(p, o)
-            base = b * QK
-            for j in range(QK):
-                y[base + j] = F32(np.int8(p[o + 2 + j])) * d  # the byte read as int8
+        blocks = packed[r].reshape(n_blocks, Q8_0_SIZE)
+        y = out[r].reshape(n_blocks, QK)
+        for b in range(n_blocks):
+            d = _get_fp16(blocks[b], 0)
+            qs = blocks[b, 2:]
+            yb = y[b]
+            for j in range(qs.shape[0]):
+                yb[j] = F32(np.int8(qs[j])) * d  # the byte read as int8
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -414,7 +427,7 @@ def dequantize_q5_1(packed: np.ndarray) -> np.ndarray:
 def dequantize_q8_0(packed: np.ndarray) -> np.ndarray:
     """Q8_0 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q8_0``."""
     out = _cols("Q8_0", packed)
-    _dequantize_q8_0(packed, out)
+    _dequantize_q8_0(np.ascontiguousarray(packed), out)  # the kernel views rows as blocks
     return out
 
 
