@@ -14,7 +14,6 @@ import inspect
 import numpy as np
 
 from qviz.arrays import as_weight, check_finite
-from qviz.formats import rtn
 from qviz.formats.spec import FORMATS, MODULES, layout
 from qviz.result import QuantResult
 
@@ -57,8 +56,11 @@ def quantize_rtn(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bo
     """
     _check_bits(bits)
     g = w.shape[1] if per_tensor else _check_group_size(group_size, w.shape[1])
-    scales, zeros = rtn.choose_params(w, bits, sym=sym, group_size=g, per_tensor=per_tensor)
-    codes = rtn.quantize(w, scales, zeros, bits, g)
+    from qviz.kernels.numba.rtn import choose_params_and_quantize  # numba loads on first use
+
+    # formats/rtn.py's choose_params and quantize in one numba pass: the same numbers
+    codes, scales, zeros = choose_params_and_quantize(
+        w, int(bits), sym=bool(sym), group_size=g, per_tensor=bool(per_tensor))
     return QuantResult("rtn", w.shape, bits, g, codes, scales, None if sym else zeros,
                        info={"sym": sym, "per_tensor": per_tensor})
 

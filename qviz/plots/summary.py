@@ -1,14 +1,17 @@
 """The numbers behind the layer figures: histograms, per-group errors, pooled grids.
 
-Pure numpy, no plotly. A figure never receives raw weights: :func:`summarize`
+No plotly. A figure never receives raw weights: :func:`summarize`
 reduces one :class:`~qviz.result.QuantResult` against its original weight to
 a :class:`LayerSummary` of bins, per-group errors and metrics, once per
 setting; the figures of :mod:`qviz.plots.layer` draw from it. Everything a
 summary keeps is bounded by the number of bins and groups, not weights.
 
-The weight is decoded in chunks of rows (numba's kernels for the GGUF types,
-``QuantResult.dequantize`` on a slice of rows otherwise), so the temporary
-memory is one float32 error matrix plus a chunk.
+The weight is decoded by numba's kernels (GGUF types, plain affine results)
+or by ``QuantResult.dequantize`` in chunks of rows, into one float32 matrix
+that then becomes the error ``W − Ŵ`` in place: the temporary memory is one
+weight-sized matrix plus at most a chunk. The passes over the weights run in
+numba (:mod:`qviz.kernels.numba.summary`); :func:`histogram` and
+:func:`group_mean_abs_error` are the numpy definitions they are tested against.
 """
 from __future__ import annotations
 
@@ -131,11 +134,14 @@ def _sum_sq_output(x: np.ndarray, m: np.ndarray) -> float:
 
     Chunks are as large as an output of 4·CHUNK floats allows: few large
     BLAS calls (many small ones thrash OpenBLAS's threads on a busy machine).
+    numpy's OpenBLAS, not torch's MKL: on the AMD machine the benchmarks ran
+    on, 128 × 4096 @ 4096 × 4096 took 39 ms against 46–88 ms (one thread).
     """
     total = 0.0
+    x_t = np.ascontiguousarray(x.T)  # (n_cols, k): m @ x_t, each product row a row of m
     step = max(1, 4 * CHUNK // x.shape[0])
     for start in range(0, m.shape[0], step):
-        y = x @ m[start:start + step].T
+        y = m[start:start + step] @ x_t
         total += float(np.square(y, dtype=np.float64).sum())
     return total
 
@@ -150,14 +156,11 @@ def weight_stats(w: np.ndarray, x: np.ndarray | None = None, n_bins: int = N_BIN
         Activations for the relative output error.
     n_bins : int
     """
+    from qviz.kernels.numba import summary as kernel
+
     edges = uniform_edges(*histogram_range(w), n_bins)
-    counts = np.zeros(n_bins, np.int64)
-    sum_sq = 0.0
-    step = _row_step(w.shape[1])
-    for start in range(0, w.shape[0], step):
-        chunk = w[start:start + step]
-        counts += histogram(chunk, edges).counts
-        sum_sq += float(np.square(chunk, dtype=np.float64).sum())
+    counts = kernel.histogram_counts(w, edges)
+    sum_sq = kernel.sum_squares(w)
     x_reduced, output_sq = None, float("nan")
     if x is not None:
         x_reduced = x
@@ -182,18 +185,49 @@ def rows_of(result: QuantResult, start: int, stop: int) -> QuantResult:
         packed=None if result.packed is None else result.packed[start:stop])
 
 
+def _affine(result: QuantResult) -> bool:
+    """Decoded as ``scale * (code - zero)`` with contiguous groups (RTN, GPTQ without act-order)."""
+    return result.codes.dtype == np.uint8 and all(
+        p is None for p in (result.mins, result.codebook, result.g_idx, result.input_scale))
+
+
+def decode_all(result: QuantResult) -> np.ndarray:
+    """All rows dequantized, float32 (n_rows, n_cols), a new array.
+
+    One numba call where a kernel decodes the format (:func:`decode_rows`);
+    otherwise chunk by chunk, so numpy's temporaries stay the size of a chunk.
+    """
+    n_rows, n_cols = result.shape
+    if (result.packed is not None and result.method in FORMATS) or _affine(result):
+        return decode_rows(result, 0, n_rows)
+    out = np.empty((n_rows, n_cols), np.float32)
+    step = _row_step(n_cols)
+    for start in range(0, n_rows, step):
+        out[start:start + step] = decode_rows(result, start, start + step)
+    return out
+
+
 def decode_rows(result: QuantResult, start: int, stop: int) -> np.ndarray:
     """Dequantized rows ``start:stop``, float32 (stop - start, n_cols).
 
     GGUF types decode their packed bytes with the numba kernel (bit-identical
-    to ``QuantResult.dequantize`` and ggml's to_float), the rest through
-    ``QuantResult.dequantize`` of the rows.
+    to ``QuantResult.dequantize`` and ggml's to_float), plain affine results
+    (RTN, GPTQ without act-order) with numba's ``scale * (code - zero)``, the
+    rest through ``QuantResult.dequantize`` of the rows.
     """
     if result.packed is not None and result.method in FORMATS:
         kernel = importlib.import_module(f"qviz.{MODULES[FORMATS[result.method].family][1]}")
         packed = np.ascontiguousarray(result.packed[start:stop])
         return getattr(kernel, f"dequantize_{result.method.lower()}")(packed)
-    return rows_of(result, start, stop).dequantize()
+    part = rows_of(result, start, stop)
+    if _affine(result):
+        from qviz.kernels.numba.rtn import dequantize
+
+        zeros = part.zeros
+        if zeros is None:  # symmetric: the implied zero everywhere
+            zeros = np.full(part.scales.shape, part.implied_zero, np.float32)
+        return dequantize(part.codes, part.scales, zeros, part.group_size)
+    return part.dequantize()
 
 
 def group_columns(result: QuantResult, group: int) -> np.ndarray:
@@ -291,23 +325,21 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
     """
     if tuple(w.shape) != tuple(result.shape):
         raise ValueError(f"the weight has shape {w.shape} but the result is {result.shape}")
+    from qviz.kernels.numba import summary as kernel
+
     stats = weight_stats(w) if stats is None else stats
     edges = stats.hist.edges
     n_rows, n_cols = result.shape
-    err = np.empty((n_rows, n_cols), np.float32)  # W − Ŵ, the one full-size temporary
-    dq_counts = np.zeros(len(edges) - 1, np.int64)
-    group_error = np.empty((n_rows, result.n_groups), np.float32)
-    err_sq, max_err = 0.0, 0.0
-    step = _row_step(n_cols)
-    for start in range(0, n_rows, step):
-        stop = min(start + step, n_rows)
-        dq = decode_rows(result, start, stop)
-        dq_counts += histogram(dq, edges).counts
-        e = np.subtract(w[start:stop], dq, out=err[start:stop])
-        err_sq += float(np.square(e, dtype=np.float64).sum())
-        np.abs(e, out=dq)
-        max_err = max(max_err, float(dq.max()))
-        group_error[start:stop] = group_mean_abs_error(dq, result)
+    err = decode_all(result)  # Ŵ, then W − Ŵ in place: the one full-size temporary
+    if result.g_idx is None:
+        group_error = np.empty((n_rows, result.n_groups), np.float32)
+        dq_counts, err_sq, max_err = kernel.error_pass(w, err, result.group_size, edges, err, group_error)
+    else:  # act-order groups follow g_idx: the kernel sees one group per row, numpy averages
+        dq_counts, err_sq, max_err = kernel.error_pass(w, err, n_cols, edges, err,
+                                                       np.empty((n_rows, 1), np.float32))
+        step = _row_step(n_cols)
+        group_error = np.concatenate([group_mean_abs_error(np.abs(err[start:start + step]), result)
+                                      for start in range(0, n_rows, step)])
     n = n_rows * n_cols
     metrics = {
         "bits_per_weight": result.bits_per_weight,
@@ -319,7 +351,7 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
         metrics["relative_output_error"] = _sum_sq_output(stats.x_reduced, err) / stats.output_sq
     err_edges = uniform_edges(-max_err, max_err)
     return LayerSummary(result, stats.hist, Histogram(edges, dq_counts),
-                        histogram(err, err_edges), group_error, metrics)
+                        Histogram(err_edges, kernel.histogram_counts(err, err_edges)), group_error, metrics)
 
 
 def block_shape(n_rows: int, n_cols: int, max_cells: int = MAX_CELLS) -> tuple[int, int]:
