@@ -80,8 +80,9 @@ def test_summary_matches_metrics_and_decoding(w, x, stats, method, options):
 def test_decode_rows_is_dequantize(w):
     for r in (qviz.quantize(w, "Q5_K"), qviz.quantize(w, "Q8_0"), qviz.quantize(w, "rtn", per_tensor=True),
               qviz.quantize(w, "nf4")):
-        got = summary.decode_rows(r, 5, 17)
-        np.testing.assert_array_equal(got.view(np.uint32), r.dequantize()[5:17].view(np.uint32))
+        for start, stop in ((5, 17), (0, 64)):  # a few rows (numpy), more (the kernels)
+            got = summary.decode_rows(r, start, stop)
+            np.testing.assert_array_equal(got.view(np.uint32), r.dequantize()[start:stop].view(np.uint32))
 
 
 def test_act_order_groups_follow_g_idx(w, x):
@@ -126,7 +127,7 @@ def test_weight_histogram_traces(q4k):
     np.testing.assert_array_equal(dequantized.y, q4k.dequant_hist.counts)
     want = q4k.result.levels(7, 3).astype(np.float64)
     np.testing.assert_array_equal(np.array(levels.x[::3], float), want)  # one vertical line per level
-    assert len(levels.x) == 3 * 16 and levels.x[2] is None
+    assert len(levels.x) == 3 * 16 and np.isnan(levels.x[2])  # a gap between lines
     assert fig.layout.yaxis.type == "log" and "weight value" in fig.layout.xaxis.title.text
 
 
@@ -158,7 +159,8 @@ def test_group_detail_draws_every_weight_and_its_error(w, q4k):
     np.testing.assert_array_equal(w_hat.y, q4k.result.dequantize()[11, cols])
     np.testing.assert_allclose(w_trace.customdata, w[11, cols] - w_hat.y)
     np.testing.assert_array_equal(np.array(levels.y[::3], float), q4k.result.levels(11, 40))
-    assert error.x[:3] == (cols[0], cols[0], None) and error.y[0] == w[11, cols[0]]
+    np.testing.assert_array_equal(error.x[:3], [cols[0], cols[0], np.nan])  # w → ŵ, then a gap
+    np.testing.assert_array_equal(error.y[:2], [w[11, cols[0]], w_hat.y[0]])
 
 
 def test_error_histogram_and_metrics_panel(q4k):

@@ -44,13 +44,21 @@ MANY_LEVELS = 32
 MODEL_SIZES = {"7B": 7e9, "70B": 70e9}
 
 
-def _vlines(xs: np.ndarray, y0: float, y1: float) -> tuple[list, list]:
-    """x, y of vertical segments at ``xs`` from y0 to y1, separated by None."""
-    x, y = [], []
-    for v in np.asarray(xs, dtype=np.float64):
-        x += [v, v, None]
-        y += [y0, y1, None]
-    return x, y
+def _segments(a0, a1, b0, b1) -> tuple[np.ndarray, np.ndarray]:
+    """Segments (a0[i], b0[i]) → (a1[i], b1[i]) as one line trace's x, y (NaN between segments).
+
+    Each argument is an array or a scalar (broadcast); float64 (3·n,) each.
+    """
+    a0, a1, b0, b1 = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a0, a1, b0, b1)))
+    x = np.full((a0.size, 3), np.nan)
+    y = np.full((a0.size, 3), np.nan)
+    x[:, 0], x[:, 1], y[:, 0], y[:, 1] = a0.ravel(), a1.ravel(), b0.ravel(), b1.ravel()
+    return x.ravel(), y.ravel()
+
+
+def _vlines(xs: np.ndarray, y0: float, y1: float) -> tuple[np.ndarray, np.ndarray]:
+    """x, y of vertical segments at ``xs`` from y0 to y1, NaN-separated."""
+    return _segments(xs, xs, y0, y1)
 
 
 def weight_histogram(s: LayerSummary, row: int, group: int) -> go.Figure:
@@ -224,14 +232,8 @@ def group_detail(s: LayerSummary, w: np.ndarray, row: int, group: int) -> go.Fig
     dq_g = decode_rows(r, row, row + 1)[0, cols]
     drawn = levels if len(levels) <= MANY_LEVELS else np.unique(dq_g)
     x0, x1 = float(cols[0]) - 0.5, float(cols[-1]) + 0.5
-    lx, ly = [], []
-    for v in drawn.astype(np.float64):
-        lx += [x0, x1, None]
-        ly += [v, v, None]
-    ex, ey = [], []
-    for c, a, b in zip(cols.tolist(), w_g.tolist(), dq_g.tolist()):
-        ex += [c, c, None]
-        ey += [a, b, None]
+    lx, ly = _segments(x0, x1, drawn, drawn)  # horizontal lines at the levels
+    ex, ey = _segments(cols, cols, w_g, dq_g)  # from each weight to its level
     err = w_g - dq_g
     fig = go.Figure([
         go.Scatter(name="levels", x=lx, y=ly, mode="lines", hoverinfo="y",

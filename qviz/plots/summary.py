@@ -31,6 +31,8 @@ N_BINS = 120
 MAX_CELLS = 256
 #: weights decoded at once
 CHUNK = 1 << 20
+#: fewer weights than this are decoded in numpy, not by a parallel kernel
+FEW = 1 << 16
 
 
 class Histogram(NamedTuple):
@@ -213,14 +215,16 @@ def decode_rows(result: QuantResult, start: int, stop: int) -> np.ndarray:
     GGUF types decode their packed bytes with the numba kernel (bit-identical
     to ``QuantResult.dequantize`` and ggml's to_float), plain affine results
     (RTN, GPTQ without act-order) with numba's ``scale * (code - zero)``, the
-    rest through ``QuantResult.dequantize`` of the rows.
+    rest, and a few rows of any (where starting the kernel's threads costs
+    more than it saves), through ``QuantResult.dequantize`` of the rows.
     """
-    if result.packed is not None and result.method in FORMATS:
+    few = (stop - start) * result.shape[1] < FEW
+    if result.packed is not None and result.method in FORMATS and not few:
         kernel = importlib.import_module(f"qviz.{MODULES[FORMATS[result.method].family][1]}")
         packed = np.ascontiguousarray(result.packed[start:stop])
         return getattr(kernel, f"dequantize_{result.method.lower()}")(packed)
     part = rows_of(result, start, stop)
-    if _affine(result):
+    if _affine(result) and not few:
         from qviz.kernels.numba.rtn import dequantize
 
         zeros = part.zeros
