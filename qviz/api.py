@@ -270,8 +270,8 @@ def gguf_result(name: str, packed: np.ndarray) -> QuantResult:
     if packed.ndim != 2 or packed.shape[1] % lay.type_size:
         raise ValueError(f"{name} rows are whole blocks of {lay.type_size} bytes; "
                          f"got packed shape {packed.shape}")
-    ref, _ = _gguf_modules(name, "numpy")
-    u = getattr(ref, f"unpack_{name.lower()}")(packed)
+    _, kernel = _gguf_modules(name, "numba")  # the numba twin of the reference's unpack: same arrays
+    u = getattr(kernel, f"unpack_{name.lower()}")(packed)
     n_cols = packed.shape[1] // lay.type_size * lay.block_size
     return QuantResult(name, (packed.shape[0], n_cols), lay.bits, lay.group_size,
                        u.codes, u.scales, None, u.mins, u.codebook, packed)

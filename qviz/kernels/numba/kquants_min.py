@@ -1,6 +1,7 @@
 """Numba twins of :mod:`qviz.formats.gguf_k_min`: Q2_K, Q4_K, Q5_K.
 
-Same public names as the reference, same bytes. Rows run in parallel
+Same public names as the reference, same bytes (and the same arrays from
+``unpack_<type>``). Rows run in parallel
 (``prange``). Within a row, the sub-blocks of up to ``GROUP`` super-blocks
 are searched side by side, lane-major (:mod:`qviz.kernels.numba.lanes_min`:
 the serial float32 sums of ggml's search overlap and vectorize); the
@@ -17,7 +18,7 @@ from numba import njit, prange
 from qviz.formats import ggml_search, rounding
 from qviz.formats.gguf_k_min import IMATRIX_SEARCH, PARAMS
 from qviz.formats.rounding import FP16_TABLE
-from qviz.formats.spec import FORMATS, QK_K
+from qviz.formats.spec import FORMATS, QK_K, Unpacked
 from qviz.kernels.numba.lanes_min import (N_LANE_VALUES, from_lanes, make_qkx_quants_lanes,
                                           nearest_int, to_lanes)
 from qviz.kernels.numba.search import JIT_OPTIONS
@@ -560,3 +561,160 @@ def dequantize_q5_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
     (1, 256)
     """
     return _dequantize(_dequantize_q5_k, packed, Q5_K_SIZE)
+
+
+# ---------------------------------------------------------------------------
+# Unpack
+# ---------------------------------------------------------------------------
+#
+# Each block is addressed through slices (``b`` of the bytes, ``c`` of the
+# codes), so every index is a small non-negative sum of loop variables: LLVM
+# drops numba's negative-index fix-ups and vectorizes the loops over ``l``
+# (32 steps of four or more stores; a loop with fewer gets unrolled instead).
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _unpack_q2_k(packed, codes, scales, mins):
+    """packed : uint8 (n_rows, n_blocks * 84) -> codes : uint8 (n_rows, n_blocks * 256) 0..3,
+    scales, mins : float32 (n_rows, n_blocks * 16), all written.
+
+    ``scales = d * (sc & 15)``, ``mins = dmin * (sc >> 4)``: ggml's ``dl`` and ``ml``.
+    """
+    for r in prange(packed.shape[0]):
+        for i in range(packed.shape[1] // Q2_K_SIZE):
+            b = packed[r, Q2_K_SIZE * i:Q2_K_SIZE * (i + 1)]
+            c = codes[r, QK_K * i:QK_K * (i + 1)]
+            d = _read_fp16(b, 80)
+            dmin = _read_fp16(b, 82)
+            for j in range(16):
+                scales[r, 16 * i + j] = d * f32(b[j] & 0xF)
+                mins[r, 16 * i + j] = dmin * f32(b[j] >> 4)
+            for half in range(2):  # qs byte 32*half + l: codes 128*half + 32*k + l in bits 2k+1..2k
+                for l in range(32):
+                    q = b[16 + 32 * half + l]
+                    for k in range(4):
+                        c[128 * half + 32 * k + l] = (q >> (2 * k)) & 3
+
+
+@njit(**JIT_OPTIONS)
+def _unpack_scales_k4(b, d_row, m_row):
+    """``d * sc`` and ``dmin * m`` of the Q4_K/Q5_K block ``b`` into d_row, m_row (8,) float32."""
+    d = _read_fp16(b, 0)
+    dmin = _read_fp16(b, 2)
+    for j in range(8):
+        sc, m = _scale_min_k4(j, b, 4)
+        d_row[j] = d * f32(sc)
+        m_row[j] = dmin * f32(m)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _unpack_q4_k(packed, codes, scales, mins):
+    """packed : uint8 (n_rows, n_blocks * 144) -> codes : uint8 (n_rows, n_blocks * 256) 0..15,
+    scales, mins : float32 (n_rows, n_blocks * 8) ``d * sc``, ``dmin * m``, all written."""
+    for r in prange(packed.shape[0]):
+        for i in range(packed.shape[1] // Q4_K_SIZE):
+            b = packed[r, Q4_K_SIZE * i:Q4_K_SIZE * (i + 1)]
+            c = codes[r, QK_K * i:QK_K * (i + 1)]
+            _unpack_scales_k4(b, scales[r, 8 * i:8 * (i + 1)], mins[r, 8 * i:8 * (i + 1)])
+            for l in range(32):  # qs byte 32*k + l: codes 64*k + l (low nibble) and 64*k + 32 + l
+                for k in range(4):
+                    q = b[16 + 32 * k + l]
+                    c[64 * k + l] = q & 0xF
+                    c[64 * k + 32 + l] = q >> 4
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _unpack_q5_k(packed, codes, scales, mins):
+    """packed : uint8 (n_rows, n_blocks * 176) -> codes : uint8 (n_rows, n_blocks * 256) 0..31,
+    scales, mins : float32 (n_rows, n_blocks * 8) ``d * sc``, ``dmin * m``, all written."""
+    for r in prange(packed.shape[0]):
+        for i in range(packed.shape[1] // Q5_K_SIZE):
+            b = packed[r, Q5_K_SIZE * i:Q5_K_SIZE * (i + 1)]
+            c = codes[r, QK_K * i:QK_K * (i + 1)]
+            _unpack_scales_k4(b, scales[r, 8 * i:8 * (i + 1)], mins[r, 8 * i:8 * (i + 1)])
+            for l in range(32):  # as Q4_K's, and bit s of qh byte l is bit 4 of code 32*s + l
+                qh = b[16 + l]
+                for k in range(4):
+                    q = b[48 + 32 * k + l]
+                    c[64 * k + l] = (q & 0xF) | (((qh >> (2 * k)) & 1) << 4)
+                    c[64 * k + 32 + l] = (q >> 4) | (((qh >> (2 * k + 1)) & 1) << 4)
+
+
+def _unpack(packed, type_size, n_sub, kernel):
+    """Allocate codes (n_rows, n_cols) uint8 and scales, mins (n_rows, n_blocks * n_sub)
+    float32 for ``packed``, let ``kernel`` fill them."""
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    n_rows, nb = packed.shape[0], packed.shape[1] // type_size
+    codes = np.empty((n_rows, nb * QK_K), dtype=np.uint8)
+    scales = np.empty((n_rows, nb * n_sub), dtype=np.float32)
+    mins = np.empty((n_rows, nb * n_sub), dtype=np.float32)
+    kernel(packed, codes, scales, mins)
+    return Unpacked(codes, scales, mins)
+
+
+def unpack_q2_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    """Q2_K rows -> codes, per-16 scales and mins, the arrays of the reference's ``unpack_q2_k``.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_blocks * 84), uint8
+
+    Returns
+    -------
+    Unpacked
+        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..3; ``scales`` and
+        ``mins`` (n_rows, n_blocks * 16) float32.
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> u = unpack_q2_k(quantize_q2_k(x))
+    >>> u.codes.shape, u.scales.shape
+    ((1, 256), (1, 16))
+    """
+    return _unpack(packed, Q2_K_SIZE, 16, _unpack_q2_k)
+
+
+def unpack_q4_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    """Q4_K rows -> codes, per-32 scales and mins, the arrays of the reference's ``unpack_q4_k``.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_blocks * 144), uint8
+
+    Returns
+    -------
+    Unpacked
+        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..15; ``scales`` and
+        ``mins`` (n_rows, n_blocks * 8) float32.
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> u = unpack_q4_k(quantize_q4_k(x))
+    >>> int(u.codes.max()), u.scales.shape
+    (15, (1, 8))
+    """
+    return _unpack(packed, Q4_K_SIZE, 8, _unpack_q4_k)
+
+
+def unpack_q5_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    """Q5_K rows -> codes, per-32 scales and mins, the arrays of the reference's ``unpack_q5_k``.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_blocks * 176), uint8
+
+    Returns
+    -------
+    Unpacked
+        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..31; ``scales`` and
+        ``mins`` (n_rows, n_blocks * 8) float32.
+
+    Examples
+    --------
+    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
+    >>> u = unpack_q5_k(quantize_q5_k(x))
+    >>> int(u.codes.max()), u.mins.shape
+    (31, (1, 8))
+    """
+    return _unpack(packed, Q5_K_SIZE, 8, _unpack_q5_k)

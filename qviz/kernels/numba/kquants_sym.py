@@ -1,6 +1,7 @@
 """Numba twins of :mod:`qviz.formats.gguf_k_sym`: Q3_K and Q6_K.
 
-Same public names and results, bit for bit, as the numpy reference: rows run
+Same public names and results, bit for bit, as the numpy reference (also
+``unpack_<type>``, which returns the reference's very arrays): rows run
 in parallel (``prange``) and each row works in scratch arrays allocated once.
 The sub-block searches (ggml's ``make_q3_quants`` / ``make_qx_quants``) run
 for ``BLOCKS_PER_GROUP`` super-blocks at once, one sub-block per lane
@@ -17,8 +18,8 @@ import numpy.typing as npt
 from numba import njit, prange
 
 from qviz.formats.ggml_search import GROUP_MAX_EPS, make_qx_quants
-from qviz.formats.rounding import fp16_bits, fp16_value, nearest_int
-from qviz.formats.spec import FORMATS, QK_K
+from qviz.formats.rounding import FP16_TABLE, fp16_bits, fp16_value, nearest_int
+from qviz.formats.spec import FORMATS, QK_K, Unpacked
 from qviz.kernels.numba.lanes_sym import LANES, from_lanes, q3_quants_lanes, qx_quants_lanes, to_lanes
 from qviz.kernels.numba.search import JIT_OPTIONS  # also teaches numba the functions above
 
@@ -292,6 +293,64 @@ def _dequantize_q6_k(packed, y):
                         yh[l + 96] = s3 * np.float32(((lo2 >> 4) | (((hi >> 6) & 3) << 4)) - 32)
 
 
+# ---------------------------------------------------------------- unpack
+#
+# Blocks are addressed through slices, so every index is a small non-negative
+# sum of loop variables and LLVM vectorizes the loops over ``l`` (32 steps of
+# four stores; a loop with fewer stores gets unrolled instead).
+
+@njit(**JIT_OPTIONS)
+def _read_d(b, off):
+    """float32 value of the fp16 ``d`` at ``b[off:off+2]``, from ``FP16_TABLE`` (as the
+    reference reads it, NaN payloads included)."""
+    return FP16_TABLE[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _unpack_q3_k(packed, codes, scales):
+    """packed (n_rows, n_blocks * 110) uint8 -> codes (n_rows, n_blocks * 256) uint8 0..7
+    and scales (n_rows, n_blocks * 16) float32 ``d * (sc - 32)``, both written."""
+    n_blocks = packed.shape[1] // Q3_K_SIZE
+    for r in prange(packed.shape[0]):
+        for i in range(n_blocks):
+            b = packed[r, Q3_K_SIZE * i:Q3_K_SIZE * (i + 1)]
+            c = codes[r, QK_K * i:QK_K * (i + 1)]
+            d = _read_d(b, 108)
+            for j in range(N_SUB):
+                lo = (np.int64(b[96 + j % 8]) >> (4 * (j // 8))) & 0xF
+                hi = (np.int64(b[104 + j % 4]) >> (2 * (j // 4))) & 3
+                scales[r, N_SUB * i + j] = d * np.float32((lo | (hi << 4)) - 32)
+            for h in range(2):  # codes 128*h + 32*k + l: qs[32*h + l] bits 2k+1..2k, hmask[l] bit 4h+k
+                for l in range(32):
+                    q = b[32 + 32 * h + l]
+                    hm = b[l] >> (4 * h)
+                    for k in range(4):
+                        c[128 * h + 32 * k + l] = ((q >> (2 * k)) & 3) | (((hm >> k) & 1) << 2)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _unpack_q6_k(packed, codes, scales):
+    """packed (n_rows, n_blocks * 210) uint8 -> codes (n_rows, n_blocks * 256) uint8 0..63
+    and scales (n_rows, n_blocks * 16) float32 ``d * sc``, both written."""
+    n_blocks = packed.shape[1] // Q6_K_SIZE
+    for r in prange(packed.shape[0]):
+        for i in range(n_blocks):
+            b = packed[r, Q6_K_SIZE * i:Q6_K_SIZE * (i + 1)]
+            c = codes[r, QK_K * i:QK_K * (i + 1)]
+            d = _read_d(b, 208)
+            for j in range(N_SUB):
+                scales[r, N_SUB * i + j] = d * np.float32(np.int8(b[192 + j]))
+            for h in range(2):  # codes 128*h + 32*k + l (bit maps above)
+                for l in range(32):
+                    lo = b[64 * h + l]
+                    lo2 = b[64 * h + 32 + l]
+                    hi = b[128 + 32 * h + l]
+                    c[128 * h + l] = (lo & 0xF) | ((hi & 3) << 4)
+                    c[128 * h + 32 + l] = (lo2 & 0xF) | (((hi >> 2) & 3) << 4)
+                    c[128 * h + 64 + l] = (lo >> 4) | (((hi >> 4) & 3) << 4)
+                    c[128 * h + 96 + l] = (lo2 >> 4) | ((hi >> 6) << 4)
+
+
 # ---------------------------------------------------------------- public
 
 def _imatrix_arg(imatrix):
@@ -393,3 +452,60 @@ def dequantize_q6_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     y = np.empty((packed.shape[0], packed.shape[1] // Q6_K_SIZE * QK_K), dtype=np.float32)
     _dequantize_q6_k(packed, y)
     return y
+
+
+def _unpack(kernel, packed: np.ndarray, type_size: int) -> Unpacked:
+    """Allocate codes (n_rows, n_blocks * 256) uint8 and scales (n_rows, n_blocks * 16)
+    float32 for ``packed``, let ``kernel`` fill them."""
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    n_blocks = packed.shape[1] // type_size
+    codes = np.empty((packed.shape[0], n_blocks * QK_K), dtype=np.uint8)
+    scales = np.empty((packed.shape[0], n_blocks * N_SUB), dtype=np.float32)
+    kernel(packed, codes, scales)
+    return Unpacked(codes, scales)
+
+
+def unpack_q3_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    """Q3_K rows -> codes and per-16 scales, the arrays of :func:`qviz.formats.gguf_k_sym.unpack_q3_k`.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_blocks * 110), uint8
+
+    Returns
+    -------
+    Unpacked
+        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..7 (implied zero 4),
+        ``scales`` (n_rows, n_blocks * 16) float32, each ``d * (sc - 32)``.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    >>> u = unpack_q3_k(quantize_q3_k(x))
+    >>> u.codes.shape, u.scales.shape, int(u.codes.max()) <= 7
+    ((2, 256), (2, 16), True)
+    """
+    return _unpack(_unpack_q3_k, packed, Q3_K_SIZE)
+
+
+def unpack_q6_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    """Q6_K rows -> codes and per-16 scales, the arrays of :func:`qviz.formats.gguf_k_sym.unpack_q6_k`.
+
+    Parameters
+    ----------
+    packed : ndarray, shape (n_rows, n_blocks * 210), uint8
+
+    Returns
+    -------
+    Unpacked
+        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..63 (implied zero 32),
+        ``scales`` (n_rows, n_blocks * 16) float32, each ``d * sc``.
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    >>> u = unpack_q6_k(quantize_q6_k(x))
+    >>> u.codes.shape, u.scales.shape, int(u.codes.max()) <= 63
+    ((2, 256), (2, 16), True)
+    """
+    return _unpack(_unpack_q6_k, packed, Q6_K_SIZE)

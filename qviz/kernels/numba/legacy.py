@@ -1,6 +1,7 @@
 """Numba twins of :mod:`qviz.formats.gguf_legacy`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL.
 
-Same public names as the reference, same bytes. Rows run in parallel
+Same public names as the reference, same bytes (and the same arrays from
+``unpack_<type>``). Rows run in parallel
 (``prange``); each row walks its 32-weight blocks with work arrays allocated
 once per row. The scale searches are the reference's own functions from
 :mod:`qviz.formats.ggml_search`, compiled (see :mod:`qviz.kernels.numba.search`),
@@ -19,7 +20,7 @@ from numba import njit, prange
 
 from qviz.formats.gguf_legacy import KVALUES_IQ4NL
 from qviz.formats.rounding import FP16_TABLE
-from qviz.formats.spec import FORMATS, QK
+from qviz.formats.spec import FORMATS, QK, Unpacked
 from qviz.kernels.numba.lanes_sym import (LANES, block_weights_lanes, iq4nl_codes_lanes,
                                           iq4nl_quants_lanes, to_lanes)
 from qviz.kernels.numba.search import JIT_OPTIONS, fp16_bits, make_qkx3_quants, make_qx_quants, round_away
@@ -338,6 +339,81 @@ def _dequantize_iq4_nl(packed, out):
                 y[base + j + 16] = d * levels[q >> 4]
 
 
+# ---------------------------------------------------------------- unpack
+#
+# A block's 32 codes are too few for LLVM's loop vectorizer (it unrolls such
+# loops instead), so the unpackers move 64-bit words, eight codes at a time:
+# each row of codes is viewed as uint64 words, byte k of a (little-endian,
+# as on x86 and ARM) word being code k. With w0, w1 the two words of the
+# 16 ``qs`` bytes of a 4-bit type:
+#
+#     codes  0..7  = w0 & 0x0F..0F        codes 16..23 = (w0 >> 4) & 0x0F..0F
+#     codes  8..15 = w1 & 0x0F..0F        codes 24..31 = (w1 >> 4) & 0x0F..0F
+#
+# The 5-bit types OR in bit 4 from ``qh``, one byte (eight codes) at a time:
+# qh byte k holds bit 4 of codes 8k..8k+7, and HIGH_BITS[v] is the word whose
+# byte i is 0x10 where bit i of v is set. Q8_0's codes are its 32 bytes with
+# the sign bit flipped (int8 q -> q + 128).
+
+LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+SIGN_BITS = np.uint64(0x8080808080808080)
+HIGH_BITS = np.array([sum(((v >> i) & 1) << (8 * i + 4) for i in range(8)) for v in range(256)],
+                     dtype=np.uint64)
+
+
+@njit(**JIT_OPTIONS)
+def _word(p, off):
+    """The little-endian uint64 at ``p[off:off+8]`` (LLVM turns the loop into one load)."""
+    w = np.uint64(0)
+    for k in range(8):
+        w |= np.uint64(p[off + k]) << np.uint64(8 * k)
+    return w
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _unpack_nibbles(packed, size, codes, d, mins, high_bits):
+    """Codes, ``d`` and, for Q4_1 and Q5_1, ``mins = -m`` of rows of 4- and 5-bit blocks.
+
+    packed : uint8 (n_rows, n_blocks * size); codes : uint8 (n_rows, n_blocks * 32),
+    d : float32 (n_rows, n_blocks) and mins : float32 (n_rows, n_blocks) or None,
+    all written; high_bits : :data:`HIGH_BITS` for the 5-bit types, else None.
+    numba compiles a variant per None, without its branch. Every type starts
+    with ``d`` (and ``m``) and ends with ``qs``; ``qh`` comes right before ``qs``.
+    """
+    for r in prange(codes.shape[0]):
+        words = codes[r].view(np.uint64)  # (n_blocks * 4,): four words per block
+        for b in range(d.shape[1]):
+            p = packed[r, size * b:size * (b + 1)]
+            w = words[4 * b:4 * (b + 1)]
+            d[r, b] = _get_fp16(p, 0)
+            if mins is not None:
+                mins[r, b] = -_get_fp16(p, 2)
+            qs = p[size - 16:]
+            w0 = _word(qs, 0)
+            w1 = _word(qs, 8)
+            w[0] = w0 & LOW_NIBBLES
+            w[1] = w1 & LOW_NIBBLES
+            w[2] = (w0 >> np.uint64(4)) & LOW_NIBBLES
+            w[3] = (w1 >> np.uint64(4)) & LOW_NIBBLES
+            if high_bits is not None:
+                qh = p[size - 20:size - 16]
+                for k in range(4):
+                    w[k] |= high_bits[qh[k]]
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _unpack_q8_0(packed, codes, d):
+    """Q8_0 rows: packed uint8 (n_rows, n_blocks * 34) -> codes uint8 (n_rows, n_blocks * 32)
+    and d float32 (n_rows, n_blocks), both written."""
+    for r in prange(codes.shape[0]):
+        words = codes[r].view(np.uint64)  # (n_blocks * 4,): four words per block
+        for b in range(d.shape[1]):
+            p = packed[r, Q8_0_SIZE * b:Q8_0_SIZE * (b + 1)]
+            d[r, b] = _get_fp16(p, 0)
+            for k in range(4):
+                words[4 * b + k] = _word(p, 2 + 8 * k) ^ SIGN_BITS
+
+
 # ---------------------------------------------------------- public names
 
 def _out(type_name: str, x: np.ndarray) -> np.ndarray:
@@ -436,3 +512,57 @@ def dequantize_iq4_nl(packed: np.ndarray) -> np.ndarray:
     out = _cols("IQ4_NL", packed)
     _dequantize_iq4_nl(packed, out)
     return out
+
+
+def _unpacked(type_name: str, packed: np.ndarray) -> Unpacked:
+    """Allocate the arrays of :class:`Unpacked` for ``packed`` and let the kernel fill them."""
+    lay = FORMATS[type_name]
+    packed = np.ascontiguousarray(packed, dtype=np.uint8)
+    n_rows, n_blocks = packed.shape[0], packed.shape[1] // lay.type_size
+    codes = np.empty((n_rows, n_blocks * QK), dtype=np.uint8)
+    d = np.empty((n_rows, n_blocks), dtype=F32)
+    has_m = any(f.name == "m" for f in lay.fields)
+    mins = np.empty((n_rows, n_blocks), dtype=F32) if has_m else None
+    if lay.bits == 8:
+        _unpack_q8_0(packed, codes, d)
+    else:
+        _unpack_nibbles(packed, lay.type_size, codes, d, mins, HIGH_BITS if lay.bits == 5 else None)
+    return Unpacked(codes, d, mins)
+
+
+def unpack_q4_0(packed: np.ndarray) -> Unpacked:
+    """Q4_0 bytes (n_rows, row_bytes) -> codes (n_rows, n_cols) uint8 0..15 and scales ``d``
+    (n_rows, n_blocks) float32: the very arrays of :func:`qviz.formats.gguf_legacy.unpack_q4_0`."""
+    return _unpacked("Q4_0", packed)
+
+
+def unpack_q4_1(packed: np.ndarray) -> Unpacked:
+    """Q4_1 bytes -> codes 0..15, scales ``d`` and mins ``-m`` (the reference's arrays)."""
+    return _unpacked("Q4_1", packed)
+
+
+def unpack_q5_0(packed: np.ndarray) -> Unpacked:
+    """Q5_0 bytes -> codes 0..31 and scales ``d`` (the reference's arrays)."""
+    return _unpacked("Q5_0", packed)
+
+
+def unpack_q5_1(packed: np.ndarray) -> Unpacked:
+    """Q5_1 bytes -> codes 0..31, scales ``d`` and mins ``-m`` (the reference's arrays)."""
+    return _unpacked("Q5_1", packed)
+
+
+def unpack_q8_0(packed: np.ndarray) -> Unpacked:
+    """Q8_0 bytes -> codes ``qs + 128`` and scales ``d`` (the reference's arrays)."""
+    return _unpacked("Q8_0", packed)
+
+
+def unpack_iq4_nl(packed: np.ndarray) -> Unpacked:
+    """IQ4_NL bytes -> codes 0..15, scales ``d`` and ``codebook = kvalues_iq4nl`` (the reference's arrays).
+
+    Examples
+    --------
+    >>> u = unpack_iq4_nl(quantize_iq4_nl(np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)))
+    >>> u.codes.shape, u.scales.shape, u.codebook[:3]
+    ((2, 32), (2, 1), array([-127., -104.,  -83.], dtype=float32))
+    """
+    return _unpacked("IQ4_NL", packed)._replace(codebook=KVALUES_IQ4NL.astype(F32))

