@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import ggml_oracle as oracle
+from qviz.formats import rounding
 from qviz.formats.spec import FORMATS, MODULES, QK_K
 from qviz.result import QuantResult
 
@@ -24,12 +25,13 @@ REFERENCE = importlib.import_module("qviz." + MODULES["k_min"][0])
 KERNEL = importlib.import_module("qviz." + MODULES["k_min"][1])
 MODULE_IDS = {REFERENCE: "reference", KERNEL: "numba"}
 LANES = importlib.import_module("qviz.kernels.numba.lanes_min")
+SEARCH = importlib.import_module("qviz.kernels.numba.search")
 
 # The numpy reference runs ggml's searches interpreted: few rows. The kernel gets more.
 SHAPES = {REFERENCE: (2, 2 * QK_K), KERNEL: (16, 6 * QK_K)}
 
 CASES = ["normal", "outliers", "zero", "constant", "one_huge", "fp16_subnormal",
-         "alternating", "all_negative", "tiny", "huge", "minilm"]
+         "alternating", "all_negative", "tiny", "huge", "subnormal", "float32_max", "minilm"]
 
 
 def _minilm_rows(n_rows: int, n_cols: int) -> np.ndarray:
@@ -71,6 +73,10 @@ def _rows(case: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.n
         return normal * np.float32(1e-30)
     if case == "huge":
         return normal * np.float32(1e4)
+    if case == "subnormal":  # float32 subnormals: inverse scales overflow to inf
+        return normal * np.float32(1e-40)
+    if case == "float32_max":  # ranges and sums overflow to inf
+        return rng.uniform(-3.4e38, 3.4e38, (n_rows, n_cols)).astype(np.float32)
     if case == "minilm":
         return _minilm_rows(n_rows, n_cols)
     raise ValueError(case)
@@ -161,52 +167,98 @@ def test_kernel_lanes_branch_apart(type_name, n_blocks, imatrix):
                                oracle.quantize(type_name, x, im))
 
 
+@pytest.mark.parametrize("imatrix", [None, "random", "with_zeros"])
 @pytest.mark.parametrize("type_name", TYPES)
-def test_kernel_sparse_rows_with_dead_columns(type_name):
+def test_reference_mixed_sub_blocks(type_name, imatrix):
+    """The kernel's lane cases through the reference: 8 super-blocks of sub-blocks
+    of every kind (no range, sparse, float32-subnormal, a single value, ...)."""
+    rng = np.random.default_rng(zlib.crc32(f"{type_name} reference mixed {imatrix}".encode()))
+    x = _mixed_sub_blocks(type_name, 4, 2 * QK_K, rng)
+    im = _imatrix(imatrix, x.shape[1], rng)
+    oracle.assert_blocks_equal(type_name, _fn(REFERENCE, "quantize", type_name)(x, im),
+                               oracle.quantize(type_name, x, im))
+
+
+SPARSE_ROWS = {REFERENCE: 4, KERNEL: 400}
+
+
+@pytest.mark.parametrize("module", [REFERENCE, KERNEL], ids=MODULE_IDS.get)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_sparse_rows_with_dead_columns(type_name, module):
     """90% zeros, magnitudes 1e-6..1, half the imatrix zero: a trial measured from a
     better trial's min can round beyond 2**22, where ggml's ``nearest_int`` wraps."""
     rng = np.random.default_rng(zlib.crc32(f"{type_name} sparse".encode()))
-    x = rng.standard_normal((400, 4 * QK_K)).astype(np.float32)
+    x = rng.standard_normal((SPARSE_ROWS[module], 4 * QK_K)).astype(np.float32)
     x *= (np.float32(10.0) ** rng.uniform(-6, 0, x.shape)).astype(np.float32)
     x[rng.random(x.shape) < 0.9] = 0
     im = rng.uniform(0, 2, x.shape[1]).astype(np.float32)
     im[rng.random(x.shape[1]) < 0.5] = 0
-    oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
+    oracle.assert_blocks_equal(type_name, _fn(module, "quantize", type_name)(x, im),
                                oracle.quantize(type_name, x, im))
 
 
-@pytest.mark.parametrize("type_name", TYPES)
-def test_kernel_negative_sub_block_scale(type_name):
-    """Sub-block 3 holds three values; the two of zero importance set its range, the
-    third is small and negative. Its fitted scale comes out negative, so
-    ``make_qp_quants`` gives a code that wraps past 4/6 bits; ggml packs it,
-    spilling into other sub-blocks' bits (Q5_K clamps it to 63 first), and then
-    rounds every weight against the codes as stored. One super-block per row."""
+def _dead_column_rows(type_name: str, grid: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """One super-block per row, float32 (len(grid), 256), and its imatrix, float32 (256,).
+
+    Row ``(a, b, c, rest, freq)`` is ``rest * sin(freq * i)``, except
+    sub-block 3: zero but for ``a, b, c`` at its weights 1, 5, 9. The imatrix
+    is one, except zero at weights 1 and 5 of sub-block 3.
+    """
     sub = FORMATS[type_name].group_size
-    grid = [(big, mid, small, rest, freq) for big in (0.1, 0.3, 1.0)
-            for mid in (-0.02, -0.05, -0.09, -0.2) for small in (-0.001, -0.003, -0.01, -0.03)
-            for rest in (1e-5, 1e-4, 1e-3) for freq in (0.5, 1.7, 2.9)]
     x = np.empty((len(grid), QK_K), dtype=np.float32)
-    for r, (big, mid, small, rest, freq) in enumerate(grid):
+    for r, (a, b, c, rest, freq) in enumerate(grid):
         x[r] = rest * np.sin(freq * np.arange(QK_K))
         x[r, 3 * sub:4 * sub] = 0
-        x[r, 3 * sub + np.array([1, 5, 9])] = big, mid, small
+        x[r, 3 * sub + np.array([1, 5, 9])] = a, b, c
     im = np.ones(QK_K, dtype=np.float32)
     im[3 * sub + np.array([1, 5])] = 0
-    oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
+    return x, im
+
+
+#: ``a`` large and negative, ``c`` tiny: a better trial's min lies just below 0,
+#: and the next trial's codes go beyond 2**22; rounding them to the true
+#: integer would change the bytes (row 1: Q2_K, Q4_K; row 2: Q2_K, Q5_K)
+BEYOND_2_22 = [(-0.4, 0.0, 2e-7, 0.1, 1.7), (-0.4, 0.0, -2.7e-6, 0.1, 1.7)]
+#: ``a`` sets the range, ``b`` and ``c`` are negative: the fitted scale can be negative
+NEGATIVE_SCALE = [(a, b, c, rest, freq) for a in (0.1, 0.3, 1.0)
+                  for b in (-0.02, -0.05, -0.09, -0.2) for c in (-0.001, -0.003, -0.01, -0.03)
+                  for rest in (1e-5, 1e-4, 1e-3) for freq in (0.5, 1.7, 2.9)]
+#: the reference runs rows of NEGATIVE_SCALE whose scale code wraps in every type,
+#: and whose spilled bits change Q2_K's and Q4_K's final rounding
+DEAD_COLUMN_ROWS = {REFERENCE: BEYOND_2_22 + [(0.1, -0.2, -0.001, rest, freq)
+                                              for rest in (1e-5, 1e-4) for freq in (0.5, 1.7)],
+                    KERNEL: BEYOND_2_22 + NEGATIVE_SCALE}
+
+
+@pytest.mark.parametrize("module", [REFERENCE, KERNEL], ids=MODULE_IDS.get)
+@pytest.mark.parametrize("type_name", TYPES)
+def test_dead_columns_in_one_sub_block(type_name, module):
+    """Sub-block 3 holds three values; the two of zero importance set its range.
+
+    Its search rounds beyond 2**22, where ggml's ``nearest_int`` wraps
+    (``BEYOND_2_22``), or its fitted scale comes out negative
+    (``NEGATIVE_SCALE``): ``make_qp_quants`` then gives a code that wraps past
+    4/6 bits; ggml packs it, spilling into other sub-blocks' bits (Q5_K clamps
+    it to 63 first), and then rounds every weight against the codes as stored.
+    """
+    x, im = _dead_column_rows(type_name, DEAD_COLUMN_ROWS[module])
+    oracle.assert_blocks_equal(type_name, _fn(module, "quantize", type_name)(x, im),
                                oracle.quantize(type_name, x, im))
 
 
-def test_lanes_nearest_int_is_ggmls():
+@pytest.mark.parametrize("nearest_int", [rounding.nearest_int, SEARCH.nearest_int,
+                                         LANES.nearest_int, rounding.nearest_int_array],
+                         ids=["rounding", "compiled", "lanes", "array"])
+def test_nearest_int_is_ggmls(nearest_int):
     """round-half-even up to 2**22, then ggml's wrapped bit trick (inf: -2**22, nan: 0)."""
     rng = np.random.default_rng(13)
     x = np.concatenate([rng.uniform(-2.0**22, 2.0**22, 1000), np.arange(-8, 8) + 0.5])
     x = x.astype(np.float32)
-    got = np.array([LANES.nearest_int(v) for v in x])
+    got = np.array([nearest_int(v) for v in x])
     np.testing.assert_array_equal(got, np.rint(x).astype(np.int64))
     beyond = [np.float32(2.0**22 + 1), np.float32(-(2.0**22) - 3), np.float32(np.inf),
               np.float32(-np.inf), np.float32(np.nan)]
-    assert [int(LANES.nearest_int(v)) for v in beyond] == [-2**22, 2**22 - 6, -2**22, -2**22, 0]
+    assert [int(nearest_int(v)) for v in beyond] == [-2**22, 2**22 - 6, -2**22, -2**22, 0]
 
 
 @pytest.mark.parametrize("module", [REFERENCE, KERNEL], ids=MODULE_IDS.get)

@@ -129,7 +129,8 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw=None):
         suml2 = np.float32(0.0)
         for i in range(n):
             # nearest_int of the level clamped first: the same value (the bounds
-            # are integers), but compiled branch-free, which this hot loop needs
+            # are integers and |iscale * x| <= nmax + 1, where nearest_int is
+            # rint), but compiled branch-free, which this hot loop needs
             fl = np.rint(min(max(iscale * x[i], np.float32(-nmax)), np.float32(nmax - 1)))
             w = _qx_weight(qw, x, i, rmse_type)
             sumlx += w * x[i] * fl
@@ -379,6 +380,11 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
     Picks the best of 9 inverse scales ``(nmax + 0.1*is)/max``, then moves
     single codes for up to 5 passes while the weighted error drops.
 
+    A negative value (a sub-block fit can return a negative scale) gets a
+    negative code, which ggml stores in its ``uint8_t`` array as ``code & 0xFF``
+    (-6 is stored as 250); later passes read the stored byte, and so do
+    ggml's callers.
+
     Parameters
     ----------
     n : int
@@ -386,9 +392,10 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
     nmax : int
         The largest code.
     x : ndarray, shape (>= n,), float32
-        Non-negative values (sub-block scales or mins).
+        Sub-block scales or mins; meant to be >= 0.
     L : ndarray, shape (>= n,), uint8
-        Output: the codes, written in place.
+        Output: the codes, written in place; ``0..nmax``, or above ``nmax``
+        for a negative value's wrapped code.
     quant_weights : ndarray, shape (>= n,), float32
         Error weights.
 
@@ -404,7 +411,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
     """
     xmax = np.float32(0.0)
     for i in range(n):
-        if x[i] > xmax:
+        if not xmax > x[i]:  # ggml's MAX(max, x[i]): a nan x[i] is taken
             xmax = x[i]
     if xmax < GROUP_MAX_EPS:  # all zero
         for i in range(n):
@@ -412,7 +419,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         return np.float32(0.0)
     iscale = np.float32(nmax) / xmax
     for i in range(n):
-        L[i] = nearest_int(iscale * x[i])
+        L[i] = nearest_int(iscale * x[i]) & 0xFF
     scale = np.float32(1.0) / iscale
     best_mse = np.float32(0.0)
     for i in range(n):
@@ -435,7 +442,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
     suml2 = np.float32(0.0)
     for i in range(n):
         l = min(nmax, nearest_int(iscale * x[i]))
-        L[i] = l
+        L[i] = l & 0xFF
         w = quant_weights[i]
         fl = np.float32(l)
         sumlx += w * x[i] * fl
@@ -454,7 +461,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
                     slx += w * x[i] * fnew
                     sl2 += w * fnew * fnew
                     if slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l
+                        L[i] = new_l & 0xFF
                         sumlx = slx
                         suml2 = sl2
                         n_changed += 1

@@ -15,7 +15,8 @@ float scale and min (``make_qkx2_quants`` without an importance matrix,
 ``make_qkx3_quants`` with one). The sub-block scales and mins are then
 quantized against the super-scales (a plain max without an imatrix,
 ``make_qp_quants`` with one), and finally every weight is re-rounded against
-the scale and min it will actually be decoded with.
+the scale and min it will actually be decoded with, read back from the
+packed bytes.
 
 This is the readable reference: per-block Python that calls the shared scalar
 search routines of :mod:`qviz.formats.ggml_search`. The fast twin is
@@ -29,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qviz.formats.ggml_search import make_qkx2_quants, make_qkx3_quants, make_qp_quants
-from qviz.formats.rounding import FP16_TABLE, fp16_bits, fp16_value
+from qviz.formats.rounding import FP16_TABLE, fp16_bits, fp16_value, nearest_int_array
 from qviz.formats.spec import FORMATS, QK_K, Unpacked
 
 f32 = np.float32
@@ -43,18 +44,21 @@ class KMinParams(NamedTuple):
     sc_max : int     largest sub-block scale/min code (4 or 6 bits)
     ref_search : tuple (rmin, rdelta, nstep, use_mad) of ``make_qkx2_quants``
                  in the ``_ref`` path (no imatrix)
+    clamp : tuple    (ref, imatrix): whether ggml clamps the scale/min codes
+                 to ``sc_max`` in the ``_ref`` and the ``_impl`` path
     """
 
     nmax: int
     sub: int
     sc_max: int
     ref_search: tuple
+    clamp: tuple
 
 
 PARAMS = {
-    "Q2_K": KMinParams(3, 16, 15, (f32(-0.5), f32(0.1), 15, True)),
-    "Q4_K": KMinParams(15, 32, 63, (f32(-1.0), f32(0.1), 20, False)),
-    "Q5_K": KMinParams(31, 32, 63, (f32(-0.5), f32(0.1), 15, False)),
+    "Q2_K": KMinParams(3, 16, 15, (f32(-0.5), f32(0.1), 15, True), (False, False)),
+    "Q4_K": KMinParams(15, 32, 63, (f32(-1.0), f32(0.1), 20, False), (True, False)),
+    "Q5_K": KMinParams(31, 32, 63, (f32(-0.5), f32(0.1), 15, False), (True, True)),
 }
 #: (rmin, rdelta, nstep, use_mad) of ``make_qkx3_quants`` in every ``_impl`` path (imatrix).
 IMATRIX_SEARCH = (f32(-0.9), f32(0.05), 36, False)
@@ -141,7 +145,8 @@ def pack_scale_min_k4(ls: npt.NDArray[np.uint8], lm: npt.NDArray[np.uint8]) -> n
     The bit map is in :func:`unpack_scale_min_k4`. Like the C (in
     ``quantize_row_q4_K_ref``), values of sub-blocks 0-3 are stored whole, so
     a value above 63 (only possible in Q4_K's imatrix path) spills into bits
-    7-6, OR-ed with the high bits of sub-blocks 4-7.
+    7-6, OR-ed with the high bits of sub-blocks 4-7 (whose values keep only
+    their low 6 bits).
     """
     ls, lm = ls.astype(np.uint8), lm.astype(np.uint8)
     out = np.empty(ls.shape[:-1] + (12,), dtype=np.uint8)
@@ -405,10 +410,13 @@ def _search_weights(x: np.ndarray, qw: np.ndarray | None, name: str) -> np.ndarr
 
 
 def _quantize_by_max(v: np.ndarray, sc_max: int) -> tuple[np.ndarray, int]:
-    """Sub-block scales (or mins) to codes ``0..sc_max`` with the step ``max(v)/sc_max``.
+    """Sub-block scales (or mins) to codes with the step ``max(v)/sc_max``.
 
     The ``_ref`` path's second level. Returns the codes, uint8 (n_sub,), and
     the fp16 bits of the step (0 when no value is positive: all codes 0).
+    The largest value gets code ``sc_max``; a negative one (a sub-block fit
+    can return a negative scale) a negative code, kept as ``code & 0xFF``
+    like ggml's ``uint8_t`` store.
     """
     vmax = f32(0.0)
     for a in v:
@@ -417,24 +425,38 @@ def _quantize_by_max(v: np.ndarray, sc_max: int) -> tuple[np.ndarray, int]:
     if not vmax > 0:
         return np.zeros(v.shape, dtype=np.uint8), fp16_bits(f32(0.0))
     iscale = f32(sc_max) / vmax
-    codes = np.minimum(np.rint(iscale * v), sc_max)  # nearest_int; the clamp guards rounding up
+    codes = nearest_int_array(iscale * v) & 0xFF
     return codes.astype(np.uint8), fp16_bits(vmax / f32(sc_max))
 
 
-def _requantize(x, L, d, dmin, ls, lm, p: KMinParams) -> None:
+def _stored_scale_min(ls: np.ndarray, lm: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The scale and min codes as the packed ``scales`` field gives them back.
+
+    Equal to ``ls``, ``lm`` when they fit their 4 or 6 bits. A wrapped code
+    does not fit: packing spills its high bits into other sub-blocks' bits
+    (bit maps in :func:`pack_scale_min_k4` and :func:`_pack_block`), and ggml
+    re-rounds the weights against what it reads back.
+    """
+    if name == "Q2_K":
+        byte = ls | (lm << 4)  # uint8: bits of lm above 3 fall off, bits of ls above 3 spill
+        return byte & 0xF, byte >> 4
+    return unpack_scale_min_k4(pack_scale_min_k4(ls, lm))
+
+
+def _requantize(x, L, d, dmin, sc, m, p: KMinParams) -> None:
     """Round every weight again against the scale and min it will decode with.
 
+    ``sc``, ``m`` are the codes as stored (:func:`_stored_scale_min`).
     ``L`` (256,) uint8 is updated in place. A sub-block whose step
-    ``d * ls`` is zero keeps the codes of its search, as in ggml.
+    ``d * sc`` is zero keeps the codes of its search, as in ggml.
     """
     for j in range(QK_K // p.sub):
-        step = d * f32(ls[j])
+        step = d * f32(sc[j])
         if step == 0:
             continue
-        shift = dmin * f32(lm[j])
+        shift = dmin * f32(m[j])
         xs = x[p.sub * j:p.sub * (j + 1)]
-        q = np.rint((xs + shift) / step)  # nearest_int
-        q[~np.isfinite(q)] = 0  # ggml's nearest_int trick maps inf/nan (fp16 overflow) below 0
+        q = nearest_int_array((xs + shift) / step)  # inf (fp16 overflow): -2**22, nan: 0
         L[p.sub * j:p.sub * (j + 1)] = np.clip(q, 0, p.nmax)
 
 
@@ -454,7 +476,8 @@ def quantize_block(x: np.ndarray, qw: np.ndarray | None, name: str):
     d, dmin : int
         fp16 bit patterns of the super-scales.
     ls, lm : ndarray, shape (256 // sub,), uint8
-        Sub-block scale and min codes.
+        Sub-block scale and min codes, as ggml packs them: ``0..sc_max``,
+        except a wrapped negative code (see below).
     L : ndarray, shape (256,), uint8
         The weight codes, ``0..nmax``.
 
@@ -465,8 +488,14 @@ def quantize_block(x: np.ndarray, qw: np.ndarray | None, name: str):
     the largest of the block. With ``qw``, ``quantize_row_q{2,4,5}_K_impl``:
     ``make_qkx3_quants`` per sub-block, then ``make_qp_quants`` chooses the
     super-scales, weighting each sub-block by the sum of its error weights.
-    (ggml's Q5_K clamps the codes of ``make_qp_quants`` to 63 and Q4_K does
-    not; they never exceed ``nmax`` = 63, so both read the same here.)
+
+    A sub-block's fitted scale can come out negative (seen with zero
+    importance on the values that set its range). Its code is then negative,
+    and ggml keeps it as a ``uint8_t`` (-6 becomes 250). Q4_K and Q5_K clamp
+    that to 63 without an imatrix, Q5_K also with one; Q4_K with an imatrix
+    and Q2_K keep the wrapped code, and packing spills its high bits into
+    other sub-blocks' codes. The weights are re-rounded against the codes as
+    read back from the packed bytes.
     """
     p = PARAMS[name]
     n_sub = QK_K // p.sub
@@ -490,7 +519,11 @@ def quantize_block(x: np.ndarray, qw: np.ndarray | None, name: str):
         lm = np.zeros(n_sub, dtype=np.uint8)
         d = fp16_bits(make_qp_quants(n_sub, p.sc_max, scales, ls, sw))
         dmin = fp16_bits(make_qp_quants(n_sub, p.sc_max, mins, lm, sw))
-    _requantize(x, L, f32(fp16_value(d)), f32(fp16_value(dmin)), ls, lm, p)
+    if p.clamp[qw is not None]:
+        ls = np.minimum(ls, p.sc_max)
+        lm = np.minimum(lm, p.sc_max)
+    sc, m = _stored_scale_min(ls, lm, name)
+    _requantize(x, L, f32(fp16_value(d)), f32(fp16_value(dmin)), sc, m, p)
     return d, dmin, ls, lm, L
 
 
@@ -518,11 +551,12 @@ def _quantize(x: np.ndarray, imatrix: np.ndarray | None, name: str) -> np.ndarra
     n_rows, n_cols = x.shape
     lay = FORMATS[name]
     out = np.empty((n_rows, n_cols // QK_K, lay.type_size), dtype=np.uint8)
-    for r in range(n_rows):
-        for i in range(n_cols // QK_K):
-            cols = slice(QK_K * i, QK_K * (i + 1))
-            qw = None if imatrix is None else imatrix[cols]
-            out[r, i] = _pack_block(name, *quantize_block(x[r, cols], qw, name))
+    with np.errstate(all="ignore"):  # inf and nan, as C gets them, without numpy's warnings
+        for r in range(n_rows):
+            for i in range(n_cols // QK_K):
+                cols = slice(QK_K * i, QK_K * (i + 1))
+                qw = None if imatrix is None else imatrix[cols]
+                out[r, i] = _pack_block(name, *quantize_block(x[r, cols], qw, name))
     return out.reshape(n_rows, -1)
 
 

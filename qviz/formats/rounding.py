@@ -3,8 +3,12 @@
 Plain-Python scalar functions that numba compiles unchanged
 (``numba.njit(nearest_int)``) and vectorized numpy twins. ggml uses three rules:
 
-* ``nearest_int`` (ggml-quants.c): round half to even, via the 1.5*2^23 trick;
-  equal to ``np.rint`` for |x| <= 2^22 (ggml asserts that bound).
+* ``nearest_int`` (ggml-quants.c): round half to even, via the 1.5*2^23 trick.
+  It equals ``np.rint`` for |x| <= 2^22; ggml only asserts that bound in debug
+  builds, and its searches do go beyond it (a near-empty sub-block's trial
+  scales, an infinite inverse scale), where the trick wraps. :func:`nearest_int`
+  keeps the trick, so it is ggml's for every float32. Round half to even
+  without wrapping (RTN, ``formats/rtn.py``) is plain ``np.rint``.
 * ``roundf`` (Q8_0, Q4_0 scale selection not included): half away from zero.
 * fp32 -> fp16: IEEE round to nearest even (F16C ``vcvtps2ph`` / the portable
   ``ggml_compute_fp32_to_fp16``); overflow goes to inf.
@@ -16,9 +20,31 @@ import math
 import numpy as np
 
 
+#: 1.5 * 2**23: adding it leaves a float32's integer part in its low 23 bits
+_MAGIC = np.float32(12582912.0)
+
+
 def nearest_int(x: float) -> int:
-    """ggml's ``nearest_int``: round half to even (|x| <= 2^22)."""
-    return int(np.rint(x))
+    """ggml's ``nearest_int``, bit for bit, for any float32.
+
+    ``x`` is rounded to float32 (C's conversion to ``float``), then
+    ``x + 1.5 * 2**23`` is rounded to float32: for ``|x| <= 2**22`` that sum
+    is ``1.5 * 2**23 + rint(x)`` (round half to even) and its low 23 bits,
+    minus ``2**22``, are ``rint(x)``. Beyond that the result wraps, exactly
+    as ggml's does: ``+-inf`` give ``-2**22`` and a quiet nan gives 0.
+    Float32 bit map of the sum::
+
+        bit 31   30 .. 23   22 .. 0
+        sign     exponent   mantissa = 2**22 + rint(x)   (|x| <= 2**22)
+    """
+    s = np.float32(np.float32(x) + _MAGIC)
+    return int(s.view(np.int32) & 0x7FFFFF) - 0x400000
+
+
+def nearest_int_array(x: np.ndarray) -> np.ndarray:
+    """Vectorized :func:`nearest_int`: float32 array in, int32 array out."""
+    s = np.asarray(x, dtype=np.float32) + _MAGIC
+    return (s.view(np.int32) & 0x7FFFFF) - 0x400000
 
 
 def round_away(x: float) -> float:

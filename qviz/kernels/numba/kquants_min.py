@@ -286,7 +286,7 @@ def _quantize_row(x, imatrix, out, p, bits):
         rmin, rdelta, nstep, use_mad = p.ref_search
     else:
         rmin, rdelta, nstep, use_mad = IMATRIX_SEARCH
-    clamp = bits == 5 or (bits == 4 and imatrix is None)
+    clamp = p.clamp[1] if imatrix is not None else p.clamp[0]  # ggml clamps codes to 63?
     for i0 in range(0, nb, GROUP):
         g = min(GROUP, nb - i0)
         n_lanes = g * n_sub

@@ -77,12 +77,10 @@ def _bits(typingctx, x):
 
 @njit(**JIT_OPTIONS)
 def nearest_int(fval):
-    """ggml's ``nearest_int``, bit for bit, for any float32; returns int32.
+    """:func:`qviz.formats.rounding.nearest_int` (ggml's, wrapping beyond 2**22) as int32.
 
-    Adding 1.5 * 2**23 leaves ``fval`` rounded to an integer (half to even)
-    in the low 23 mantissa bits. For ``|fval| <= 2**22`` that is
-    ``rounding.nearest_int``; beyond, the integer wraps as ggml's does, and
-    +-inf give -2**22 and nan 0. Compiles to vector integer instructions.
+    The same bits as the definition in ``rounding``, written with a bit-cast
+    intrinsic so that it compiles to vector integer instructions in the lane loops.
     """
     return np.int32((_bits(fval + f32(12582912.0)) & 0x7FFFFF) - 0x400000)
 

@@ -9,8 +9,7 @@ cache. The arithmetic is the reference's, in float32 and in the same order:
 * ``scale = (hi - lo) / maxq``; ``zero = rint(-lo / scale)`` or ``(maxq + 1) / 2``;
 * ``code = clamp(rint(w / scale) + zero, 0, maxq)``.
 
-``np.rint`` is round half to even, the rule of
-:func:`qviz.formats.rounding.nearest_int`; it stays in float32 (not an int)
+``np.rint`` is round half to even, as in the reference; it stays in float32 (not an int)
 so that a scale that underflows to 0 gives inf or nan exactly as the
 reference does: inf clamps to ``maxq``, nan becomes code 0 (numpy's cast of
 nan to uint8 on x86). The sign of a zero minimum never shows: like numpy's
