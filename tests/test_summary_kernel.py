@@ -137,3 +137,24 @@ def test_summarize_equals_the_numpy_definitions(rng, method, options):
     np.testing.assert_allclose(s.group_error, groups, rtol=1e-5)
     np.testing.assert_array_equal(stats.hist.counts, summary.histogram(w, stats.hist.edges).counts)
     np.testing.assert_array_equal(summary.decode_all(r).view(np.uint32), r.dequantize().view(np.uint32))
+
+
+def test_summarize_into_a_reused_scratch_buffer(rng):
+    from qviz.kernels.numba.buffers import float_output
+
+    w = (rng.standard_normal((64, 1024)) * 0.02).astype(np.float32)
+    stats = summary.weight_stats(w)
+    scratch = np.full(w.shape, np.nan, np.float32)
+    for method in ("Q4_K", "Q8_0", "rtn", "nf4"):  # GGUF kernels, the affine kernel, numpy
+        r = qviz.quantize(w, method)
+        want = summary.summarize(r, w, stats)
+        got = summary.summarize(r, w, stats, scratch)
+        np.testing.assert_array_equal(got.dequant_hist.counts, want.dequant_hist.counts)
+        np.testing.assert_array_equal(got.error_hist.counts, want.error_hist.counts)
+        np.testing.assert_array_equal(got.group_error, want.group_error)
+        assert got.metrics == want.metrics
+        np.testing.assert_array_equal(scratch, w - r.dequantize())  # it holds W − Ŵ
+    with pytest.raises(ValueError, match="C-contiguous float32 array of shape"):
+        summary.summarize(qviz.quantize(w, "Q8_0"), w, stats, scratch[:, :512])
+    with pytest.raises(ValueError, match="float32"):
+        float_output((2, 2), np.zeros((2, 2), np.float64))

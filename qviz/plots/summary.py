@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from qviz.formats.spec import FORMATS, MODULES
+from qviz.kernels.numba.buffers import float_output
 from qviz.result import QuantResult
 
 #: bins of every histogram
@@ -193,24 +194,24 @@ def _affine(result: QuantResult) -> bool:
         p is None for p in (result.mins, result.codebook, result.g_idx, result.input_scale))
 
 
-def decode_all(result: QuantResult) -> np.ndarray:
-    """All rows dequantized, float32 (n_rows, n_cols), a new array.
+def decode_all(result: QuantResult, out: np.ndarray | None = None) -> np.ndarray:
+    """All rows dequantized, float32 (n_rows, n_cols): into ``out`` when given, else a new array.
 
     One numba call where a kernel decodes the format (:func:`decode_rows`);
     otherwise chunk by chunk, so numpy's temporaries stay the size of a chunk.
     """
     n_rows, n_cols = result.shape
     if (result.packed is not None and result.method in FORMATS) or _affine(result):
-        return decode_rows(result, 0, n_rows)
-    out = np.empty((n_rows, n_cols), np.float32)
+        return decode_rows(result, 0, n_rows, out)
+    out = float_output((n_rows, n_cols), out)
     step = _row_step(n_cols)
     for start in range(0, n_rows, step):
         out[start:start + step] = decode_rows(result, start, start + step)
     return out
 
 
-def decode_rows(result: QuantResult, start: int, stop: int) -> np.ndarray:
-    """Dequantized rows ``start:stop``, float32 (stop - start, n_cols).
+def decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Dequantized rows ``start:stop``, float32 (stop - start, n_cols), into ``out`` when given.
 
     GGUF types decode their packed bytes with the numba kernel (bit-identical
     to ``QuantResult.dequantize`` and ggml's to_float), plain affine results
@@ -222,7 +223,7 @@ def decode_rows(result: QuantResult, start: int, stop: int) -> np.ndarray:
     if result.packed is not None and result.method in FORMATS and not few:
         kernel = importlib.import_module(f"qviz.{MODULES[FORMATS[result.method].family][1]}")
         packed = np.ascontiguousarray(result.packed[start:stop])
-        return getattr(kernel, f"dequantize_{result.method.lower()}")(packed)
+        return getattr(kernel, f"dequantize_{result.method.lower()}")(packed, out)
     part = rows_of(result, start, stop)
     if _affine(result) and not few:
         from qviz.kernels.numba.rtn import dequantize
@@ -230,8 +231,12 @@ def decode_rows(result: QuantResult, start: int, stop: int) -> np.ndarray:
         zeros = part.zeros
         if zeros is None:  # symmetric: the implied zero everywhere
             zeros = np.full(part.scales.shape, part.implied_zero, np.float32)
-        return dequantize(part.codes, part.scales, zeros, part.group_size)
-    return part.dequantize()
+        return dequantize(part.codes, part.scales, zeros, part.group_size, out)
+    if out is None:
+        return part.dequantize()
+    out = float_output(part.shape, out)
+    out[...] = part.dequantize()
+    return out
 
 
 def group_columns(result: QuantResult, group: int) -> np.ndarray:
@@ -305,7 +310,8 @@ class LayerSummary:
         return worst_in_block(self.group_error, 0, 0, self.group_error.shape)
 
 
-def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = None) -> LayerSummary:
+def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = None,
+              scratch: np.ndarray | None = None) -> LayerSummary:
     """Measure ``result`` against the weight it came from.
 
     Parameters
@@ -316,6 +322,10 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
     stats : WeightStats, optional
         :func:`weight_stats` of ``w`` (and the activations); computed here when
         not given, without activations.
+    scratch : ndarray, shape result.shape, float32, C-contiguous, optional
+        Overwritten with W − Ŵ instead of a new array: a caller that
+        summarizes often keeps one (a new 64 MB array costs tens of ms of
+        page faults).
 
     Returns
     -------
@@ -334,7 +344,7 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
     stats = weight_stats(w) if stats is None else stats
     edges = stats.hist.edges
     n_rows, n_cols = result.shape
-    err = decode_all(result)  # Ŵ, then W − Ŵ in place: the one full-size temporary
+    err = decode_all(result, scratch)  # Ŵ, then W − Ŵ in place: the one full-size temporary
     if result.g_idx is None:
         group_error = np.empty((n_rows, result.n_groups), np.float32)
         dq_counts, err_sq, max_err = kernel.error_pass(w, err, result.group_size, edges, err, group_error)

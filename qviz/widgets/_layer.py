@@ -296,6 +296,7 @@ class Layer:
         self.has_weight = has_weight
         self.stats = weight_stats(weight, x)
         self._cache: collections.OrderedDict[Setting, LayerSummary] = collections.OrderedDict()
+        self._scratch = None
         self._pinned: dict[Setting, LayerSummary] = {}
         self.given = None
         if given is not None:
@@ -313,7 +314,10 @@ class Layer:
         if setting in self._cache:
             self._cache.move_to_end(setting)
             return self._cache[setting]
-        s = summarize(quantize_setting(self.weight, setting, self.x), self.weight, self.stats)
+        if self._scratch is None:  # W − Ŵ of every summary, one buffer (see summarize)
+            self._scratch = np.empty(self.weight.shape, np.float32)
+        s = summarize(quantize_setting(self.weight, setting, self.x), self.weight, self.stats,
+                      self._scratch)
         self._cache[setting] = s
         while len(self._cache) > MAX_CACHED:
             self._cache.popitem(last=False)

@@ -19,6 +19,7 @@ from qviz.formats import ggml_search, rounding
 from qviz.formats.gguf_k_min import IMATRIX_SEARCH, PARAMS
 from qviz.formats.rounding import FP16_TABLE
 from qviz.formats.spec import FORMATS, QK_K, Unpacked
+from qviz.kernels.numba.buffers import float_output
 from qviz.kernels.numba.lanes_min import (N_LANE_VALUES, from_lanes, make_qkx_quants_lanes,
                                           nearest_int, to_lanes)
 from qviz.kernels.numba.search import JIT_OPTIONS
@@ -497,18 +498,20 @@ def _dequantize_q5_k(packed, y):
                     y[r, yo + 32 + l] = d2 * f32((q >> 4) | ((qh & 2) << 3)) - min2
 
 
-def _dequantize(kernel, packed, type_size):
-    y = np.empty((packed.shape[0], packed.shape[1] // type_size * QK_K), dtype=np.float32)
+def _dequantize(kernel, packed, type_size, out):
+    y = float_output((packed.shape[0], packed.shape[1] // type_size * QK_K), out)
     kernel(packed, y)
     return y
 
 
-def dequantize_q2_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+def dequantize_q2_k(packed: npt.NDArray[np.uint8], out: np.ndarray | None = None) -> np.ndarray:
     """ggml's ``dequantize_row_q2_K`` on each row (see the reference).
 
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 84), uint8, C-contiguous
+    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
+        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
@@ -520,15 +523,17 @@ def dequantize_q2_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
     >>> dequantize_q2_k(quantize_q2_k(x)).shape
     (1, 256)
     """
-    return _dequantize(_dequantize_q2_k, packed, Q2_K_SIZE)
+    return _dequantize(_dequantize_q2_k, packed, Q2_K_SIZE, out)
 
 
-def dequantize_q4_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+def dequantize_q4_k(packed: npt.NDArray[np.uint8], out: np.ndarray | None = None) -> np.ndarray:
     """ggml's ``dequantize_row_q4_K`` on each row (see the reference).
 
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 144), uint8, C-contiguous
+    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
+        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
@@ -540,15 +545,17 @@ def dequantize_q4_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
     >>> dequantize_q4_k(quantize_q4_k(x)).shape
     (1, 256)
     """
-    return _dequantize(_dequantize_q4_k, packed, Q4_K_SIZE)
+    return _dequantize(_dequantize_q4_k, packed, Q4_K_SIZE, out)
 
 
-def dequantize_q5_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+def dequantize_q5_k(packed: npt.NDArray[np.uint8], out: np.ndarray | None = None) -> np.ndarray:
     """ggml's ``dequantize_row_q5_K`` on each row (see the reference).
 
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 176), uint8, C-contiguous
+    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
+        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
@@ -560,7 +567,7 @@ def dequantize_q5_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
     >>> dequantize_q5_k(quantize_q5_k(x)).shape
     (1, 256)
     """
-    return _dequantize(_dequantize_q5_k, packed, Q5_K_SIZE)
+    return _dequantize(_dequantize_q5_k, packed, Q5_K_SIZE, out)
 
 
 # ---------------------------------------------------------------------------

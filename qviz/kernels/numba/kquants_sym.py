@@ -20,6 +20,7 @@ from numba import njit, prange
 from qviz.formats.ggml_search import GROUP_MAX_EPS, make_qx_quants
 from qviz.formats.rounding import FP16_TABLE, fp16_bits, fp16_value, nearest_int
 from qviz.formats.spec import FORMATS, QK_K, Unpacked
+from qviz.kernels.numba.buffers import float_output
 from qviz.kernels.numba.lanes_sym import LANES, from_lanes, q3_quants_lanes, qx_quants_lanes, to_lanes
 from qviz.kernels.numba.search import JIT_OPTIONS  # also teaches numba the functions above
 
@@ -386,12 +387,15 @@ def quantize_q3_k(x: npt.NDArray[np.float32],
     return out
 
 
-def dequantize_q3_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+def dequantize_q3_k(packed: npt.NDArray[np.uint8],
+                  out: np.ndarray | None = None) -> npt.NDArray[np.float32]:
     """ggml's ``dequantize_row_q3_K`` over rows.
 
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 110), uint8
+    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
+        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
@@ -402,7 +406,7 @@ def dequantize_q3_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     >>> dequantize_q3_k(np.zeros((2, 110), dtype=np.uint8)).shape
     (2, 256)
     """
-    y = np.empty((packed.shape[0], packed.shape[1] // Q3_K_SIZE * QK_K), dtype=np.float32)
+    y = float_output((packed.shape[0], packed.shape[1] // Q3_K_SIZE * QK_K), out)
     _dequantize_q3_k(packed, y)
     return y
 
@@ -433,12 +437,15 @@ def quantize_q6_k(x: npt.NDArray[np.float32],
     return out
 
 
-def dequantize_q6_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+def dequantize_q6_k(packed: npt.NDArray[np.uint8],
+                  out: np.ndarray | None = None) -> npt.NDArray[np.float32]:
     """ggml's ``dequantize_row_q6_K`` over rows.
 
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 210), uint8
+    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
+        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
@@ -449,7 +456,7 @@ def dequantize_q6_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     >>> dequantize_q6_k(np.zeros((2, 210), dtype=np.uint8)).shape
     (2, 256)
     """
-    y = np.empty((packed.shape[0], packed.shape[1] // Q6_K_SIZE * QK_K), dtype=np.float32)
+    y = float_output((packed.shape[0], packed.shape[1] // Q6_K_SIZE * QK_K), out)
     _dequantize_q6_k(packed, y)
     return y
 
@@ -471,6 +478,8 @@ def unpack_q3_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 110), uint8
+    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
+        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
@@ -494,6 +503,8 @@ def unpack_q6_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 210), uint8
+    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
+        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------

@@ -21,6 +21,7 @@ from numba import njit, prange
 from qviz.formats.gguf_legacy import KVALUES_IQ4NL
 from qviz.formats.rounding import FP16_TABLE
 from qviz.formats.spec import FORMATS, QK, Unpacked
+from qviz.kernels.numba.buffers import float_output
 from qviz.kernels.numba.lanes_sym import (LANES, block_weights_lanes, iq4nl_codes_lanes,
                                           iq4nl_quants_lanes, to_lanes)
 from qviz.kernels.numba.search import JIT_OPTIONS, fp16_bits, make_qkx3_quants, make_qx_quants, round_away
@@ -421,10 +422,10 @@ def _out(type_name: str, x: np.ndarray) -> np.ndarray:
     return np.zeros((x.shape[0], FORMATS[type_name].row_bytes(x.shape[1])), dtype=np.uint8)
 
 
-def _cols(type_name: str, packed: np.ndarray) -> np.ndarray:
-    """Output rows for ``packed`` (n_rows, row_bytes): (n_rows, n_cols) float32."""
+def _cols(type_name: str, packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Output rows for ``packed`` (n_rows, row_bytes): (n_rows, n_cols) float32, ``out`` if given."""
     lay = FORMATS[type_name]
-    return np.empty((packed.shape[0], packed.shape[1] // lay.type_size * lay.block_size), dtype=F32)
+    return float_output((packed.shape[0], packed.shape[1] // lay.type_size * lay.block_size), out)
 
 
 def quantize_q4_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
@@ -472,44 +473,44 @@ def quantize_iq4_nl(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32]
     return out
 
 
-def dequantize_q4_0(packed: np.ndarray) -> np.ndarray:
+def dequantize_q4_0(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Q4_0 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q4_0``."""
-    out = _cols("Q4_0", packed)
+    out = _cols("Q4_0", packed, out)
     _dequantize_q4_0(packed, out)
     return out
 
 
-def dequantize_q4_1(packed: np.ndarray) -> np.ndarray:
+def dequantize_q4_1(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Q4_1 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q4_1``."""
-    out = _cols("Q4_1", packed)
+    out = _cols("Q4_1", packed, out)
     _dequantize_q4_1(packed, out)
     return out
 
 
-def dequantize_q5_0(packed: np.ndarray) -> np.ndarray:
+def dequantize_q5_0(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Q5_0 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q5_0``."""
-    out = _cols("Q5_0", packed)
+    out = _cols("Q5_0", packed, out)
     _dequantize_q5_0(packed, out)
     return out
 
 
-def dequantize_q5_1(packed: np.ndarray) -> np.ndarray:
+def dequantize_q5_1(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Q5_1 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q5_1``."""
-    out = _cols("Q5_1", packed)
+    out = _cols("Q5_1", packed, out)
     _dequantize_q5_1(packed, out)
     return out
 
 
-def dequantize_q8_0(packed: np.ndarray) -> np.ndarray:
+def dequantize_q8_0(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Q8_0 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q8_0``."""
-    out = _cols("Q8_0", packed)
+    out = _cols("Q8_0", packed, out)
     _dequantize_q8_0(np.ascontiguousarray(packed), out)  # the kernel views rows as blocks
     return out
 
 
-def dequantize_iq4_nl(packed: np.ndarray) -> np.ndarray:
+def dequantize_iq4_nl(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """IQ4_NL bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_iq4_nl``."""
-    out = _cols("IQ4_NL", packed)
+    out = _cols("IQ4_NL", packed, out)
     _dequantize_iq4_nl(packed, out)
     return out
 

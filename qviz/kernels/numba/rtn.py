@@ -24,6 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit, prange
 
+from qviz.kernels.numba.buffers import float_output
+
 F32 = np.float32
 JIT_OPTIONS = {"cache": True, "error_model": "numpy"}  # C's x/0 (inf or nan), no fastmath
 
@@ -178,7 +180,7 @@ def _dequantize_groups(codes, scales, zeros, group_size, out):
 
 
 def dequantize(codes: npt.NDArray[np.uint8], scales: np.ndarray, zeros: np.ndarray,
-               group_size: int) -> np.ndarray:
+               group_size: int, out: np.ndarray | None = None) -> np.ndarray:
     """``scale * (code - zero)`` per group, in float32.
 
     Parameters
@@ -188,6 +190,8 @@ def dequantize(codes: npt.NDArray[np.uint8], scales: np.ndarray, zeros: np.ndarr
         A symmetric result's zeros are its implied zero, ``2**(bits-1)``, everywhere.
     group_size : int
         Consecutive columns per group (the last group may be shorter).
+    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
+        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
@@ -201,7 +205,7 @@ def dequantize(codes: npt.NDArray[np.uint8], scales: np.ndarray, zeros: np.ndarr
     [[-1.0, 1.0, 2.0]]
     """
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    out = np.empty(codes.shape, np.float32)
+    out = float_output(codes.shape, out)
     _dequantize_groups(codes, np.ascontiguousarray(scales, dtype=np.float32),
                        np.ascontiguousarray(zeros, dtype=np.float32), int(group_size), out)
     return out
