@@ -153,11 +153,12 @@ def scale_heatmap(s: LayerSummary) -> go.Figure:
     else:
         zm, _ = _heatmap(second, "mean", "Viridis", 1.0, "zero/min", "zero/min", n_rows, n_groups)
         fig.add_trace(zm, 1, 2)
-    fig.update_layout(**_LAYOUT, title=f"Per-group parameters of {r.method}"
-                                       + (f"<br><sup>{note}</sup>" if note else ""))
+    # one line: the subplot titles sit where a second line would
+    fig.update_layout(**_LAYOUT, title=f"Per-group parameters of {r.method}" + (f", {note}" if note else ""))
     fig.update_xaxes(title_text=f"group ({r.group_size} columns)")
     fig.update_yaxes(autorange="reversed")
     fig.update_yaxes(title_text="output row", row=1, col=1)
+    fig.update_yaxes(showticklabels=False, row=1, col=2)  # the same rows; room for the colour bar
     return fig
 
 

@@ -181,7 +181,7 @@ class GGUFExplorer(widgets.VBox):
                                       layout=widgets.Layout(width="100%"))
         self.tensors.add_class("qviz-gguf-tensors")
         self.type = widgets.Dropdown(options=list(FORMATS), value=type_name,
-                                     description="requantize to")
+                                     description="requantize to", style={"description_width": "initial"})
         self.tensor_info = widgets.HTML()
         self.metrics = widgets.HTML()
         self.message = widgets.HTML()

@@ -220,6 +220,36 @@ def page(browser):
     pg.close()
 
 
+#: ms to wait for a kernel: it starts, imports numpy, numba, plotly and quantizes
+KERNEL_MS = 120_000
+
+
+@pytest.fixture(scope="session")
+def run_notebook():
+    """``run(page, server, path, plot)``: open the notebook at ``path`` in JupyterLab or Notebook 7,
+    run all its cells and wait for the element ``plot`` (a CSS selector); a traceback fails the test."""
+
+    def run(page, srv: Server, path: str, plot: str) -> None:
+        page.goto(srv.url(path), wait_until="domcontentloaded")
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=KERNEL_MS)
+        page.wait_for_function(
+            """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+                       const k = w && w.sessionContext && w.sessionContext.session
+                                 && w.sessionContext.session.kernel;
+                       return !!k && k.status === 'idle'; }""", timeout=KERNEL_MS)
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        # the plot, or a traceback (stderr that is only a warning or a progress bar is not one)
+        stderr = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+        page.wait_for_function(
+            f"""() => !!document.querySelector("{plot}") || Array.from(
+                   document.querySelectorAll("{stderr}")).some(e => /Traceback|Error/.test(e.innerText))""",
+            timeout=KERNEL_MS)
+        if page.locator(plot).count() == 0:
+            pytest.fail("the cell failed:\n" + "\n".join(page.locator(stderr).all_inner_texts())[-3000:])
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def write_notebook():
     """``write(path, cells) -> path``: a notebook of code cells with the python3 kernelspec

@@ -25,9 +25,9 @@ METHOD = f"{EXPLORER} .qviz-controls .widget-dropdown select"  # the first contr
 KERNEL_MS, REDRAW_MS = 120_000, 60_000
 
 
-#: the weights histogram's traces as the browser holds them (plotly keeps them on its graph div)
-TRACES_JS = f"""JSON.stringify(document.querySelector('{PLOT}').data.map(
-    t => [t.name, Array.from(t.x || []), Array.from(t.y || [])]))"""
+#: the weights histogram's traces as the browser holds them (plotly keeps them on its graph div;
+#: numeric arrays arrive base64-encoded, {dtype, bdata}, and stay so in ``data``)
+TRACES_JS = f"""JSON.stringify(document.querySelector('{PLOT}').data.map(t => [t.name, t.x, t.y]))"""
 
 
 #: views whose figure sticks out of its cell, or whose cell sticks out of the explorer's container
@@ -81,24 +81,9 @@ def _switch_to_q4_k(page, artifacts, prefix: str) -> None:
                            arg=title, timeout=REDRAW_MS)
 
 
-def _run_and_switch(page, srv, path: str, artifacts, prefix: str) -> None:
+def _run_and_switch(page, srv, path: str, artifacts, prefix: str, run_notebook) -> None:
     """Open the notebook at ``path`` in JupyterLab or Notebook 7, run it, switch to Q4_K."""
-    page.goto(srv.url(path), wait_until="domcontentloaded")
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=KERNEL_MS)
-    page.wait_for_function(
-        """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-                   const k = w && w.sessionContext && w.sessionContext.session
-                             && w.sessionContext.session.kernel;
-                   return !!k && k.status === 'idle'; }""", timeout=KERNEL_MS)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    # the plot, or a traceback (stderr that is only a warning or a progress bar is not one)
-    stderr = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-    page.wait_for_function(
-        f"""() => !!document.querySelector("{PLOT}") || Array.from(
-               document.querySelectorAll("{stderr}")).some(e => /Traceback|Error/.test(e.innerText))""",
-        timeout=KERNEL_MS)
-    if page.locator(PLOT).count() == 0:
-        pytest.fail("the cell failed:\n" + "\n".join(page.locator(stderr).all_inner_texts())[-3000:])
+    run_notebook(page, srv, path, PLOT)
     _switch_to_q4_k(page, artifacts, prefix)
     page.locator(".jp-OutputArea-output").last.screenshot(path=str(artifacts / f"{prefix}_explore_q4_k.png"))
     page.screenshot(path=str(artifacts / f"{prefix}_full.png"))
@@ -106,14 +91,15 @@ def _run_and_switch(page, srv, path: str, artifacts, prefix: str) -> None:
     assert not widget_errors, widget_errors
 
 
-def test_explore_in_jupyterlab(lab_server, page, artifacts_dir, write_notebook):
+def test_explore_in_jupyterlab(lab_server, page, artifacts_dir, write_notebook, run_notebook):
     write_notebook(lab_server.root / "explore.ipynb", [CELL])
-    _run_and_switch(page, lab_server, "/lab/tree/explore.ipynb?reset", artifacts_dir, "lab")
+    _run_and_switch(page, lab_server, "/lab/tree/explore.ipynb?reset", artifacts_dir, "lab", run_notebook)
 
 
-def test_explore_in_notebook_7(notebook_server, page, artifacts_dir, write_notebook):
+def test_explore_in_notebook_7(notebook_server, page, artifacts_dir, write_notebook, run_notebook):
     write_notebook(notebook_server.root / "explore.ipynb", [CELL])
-    _run_and_switch(page, notebook_server, "/notebooks/explore.ipynb", artifacts_dir, "notebook")
+    _run_and_switch(page, notebook_server, "/notebooks/explore.ipynb", artifacts_dir, "notebook",
+                    run_notebook)
 
 
 def test_explore_in_voila(voila_server, tmp_path, page, artifacts_dir, write_notebook):
