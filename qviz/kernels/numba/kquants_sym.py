@@ -478,8 +478,6 @@ def unpack_q3_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 110), uint8
-    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
-        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
@@ -503,8 +501,6 @@ def unpack_q6_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
     Parameters
     ----------
     packed : ndarray, shape (n_rows, n_blocks * 210), uint8
-    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
-        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
 
     Returns
     -------
