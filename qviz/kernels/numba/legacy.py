@@ -11,6 +11,13 @@ drawn in the reference module.
 
 A kernel takes ``imatrix`` as an array or None; numba compiles a separate
 version for None, with the ``_impl`` branch pruned.
+
+Speed of the ``_ref`` paths (no imatrix): the quantize kernels view a row as
+(n_blocks, 32) blocks, so a block loop runs to a slice's length, which LLVM
+cannot see, and vectorizes (a loop of constant length 32 is unrolled to
+scalar code first; see :func:`_dequantize_q8_0`). The block helpers are
+``inline="always"``: called, each would take its arrays with atomic reference
+counting and stay out of LLVM's sight.
 """
 from __future__ import annotations
 
@@ -52,21 +59,26 @@ def _get_fp16(b, off):
     return FP16_TABLE[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
 
 
-@njit(**JIT_OPTIONS)
-def _put_nibbles(o, off, L):
-    """qs: byte j holds the low 4 bits of L[j] and, above them, of L[j+16]."""
-    for j in range(16):
-        o[off + j] = (np.int64(L[j]) & 0xF) | ((np.int64(L[j + 16]) & 0xF) << 4)
+@njit(inline="always", **JIT_OPTIONS)
+def _put_nibbles(qs, L):
+    """qs (16,): byte j holds the low 4 bits of L[j] and, above them, of L[j+16]."""
+    for j in range(qs.shape[0]):
+        qs[j] = (L[j] & 0xF) | ((L[j + 16] & 0xF) << 4)
 
 
-@njit(**JIT_OPTIONS)
-def _put_high_bits(o, off, L):
-    """qh: bit j of the 4-byte little-endian word is bit 4 of L[j]."""
-    for k in range(4):
-        byte = 0
-        for bit in range(8):
-            byte |= ((np.int64(L[8 * k + bit]) >> 4) & 1) << bit
-        o[off + k] = byte
+@njit(inline="always", **JIT_OPTIONS)
+def _put_high_bits(qh, L):
+    """qh (4,): bit j of the little-endian word is bit 4 of L[j], j < 32.
+
+    The word is OR-reduced over the codes ``L[:32]`` (a slice, so the loop
+    vectorizes), then stored byte by byte.
+    """
+    word = np.uint32(0)
+    codes = L[:qh.shape[0] * 8]
+    for j in range(codes.shape[0]):
+        word |= np.uint32((codes[j] >> 4) & 1) << np.uint32(j)
+    for k in range(qh.shape[0]):
+        qh[k] = (word >> np.uint32(8 * k)) & np.uint32(0xFF)
 
 
 # ------------------------------------------------------------ block rules
@@ -87,38 +99,97 @@ def _fill_weights(xb, qw, sigma2, weight):
         weight[j] = qw[j] * np.sqrt(sigma2 + xb[j] * xb[j])
 
 
+# ggml scans a block in order with float compares that skip NaN. Without
+# fastmath LLVM keeps float max/min reductions scalar (their order could
+# matter for NaN and -0.0); integer ones it vectorizes. The block scans below
+# therefore reduce integer keys of the float32 bit patterns, which order like
+# the floats, with NaN swapped for a key that never wins:
+#
+#     |x|:  bits & 0x7FFFFFFF           (+0 .. +inf = 0 .. 0x7F800000; NaN above)
+#     x:    bits ^ ((bits >> 31) & 0x7FFFFFFF)   (negative floats flipped below 0)
+#
+# The key order puts -0.0 below +0.0, while ggml keeps the first of equal
+# values; so a zero min or max is replaced by the block's first zero.
+
+INF_BITS = 0x7F800000
+KEY_FLT_MAX = 0x7F7FFFFF  # key of FLT_MAX (its bits)
+KEY_MINUS_FLT_MAX = -0x7F800000  # key of -FLT_MAX
+
+
 @njit(**JIT_OPTIONS)
+def _key(bits):
+    """Order-preserving int key of a float32 bit pattern (an involution)."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@njit(**JIT_OPTIONS)
+def _first_zero(xb):
+    """The first element of ``xb`` equal to 0 (+0.0 or -0.0); call only when there is one."""
+    j = 0
+    while xb[j] != 0:
+        j += 1
+    return xb[j]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _signed_abs_max(xb):
+    """ggml's scan for the first value of largest magnitude in ``xb`` (32,); +0.0 when all are 0 or NaN.
+
+    One max over the keys ``|x| bits * QK + (QK - 1 - j)``: the largest
+    magnitude wins, and among equal ones the first (ggml's ``amax < fabsf(v)``).
+    """
+    top = 0
+    for j in range(xb.shape[0]):
+        a = F32(xb[j]).view(np.int32) & 0x7FFFFFFF
+        top = max(top, (a if a <= INF_BITS else 0) * QK + (QK - 1 - j))
+    if top < QK:  # every |x| is 0 (or NaN): ggml's max stays +0.0
+        return F32(0.0)
+    return xb[QK - 1 - top % QK]
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _min_max(xb):
+    """``(min, max)`` of ``xb`` (32,), ggml's scan from ``(FLT_MAX, -FLT_MAX)`` (NaN never wins)."""
+    lo = KEY_FLT_MAX
+    hi = KEY_MINUS_FLT_MAX
+    for j in range(xb.shape[0]):
+        bits = F32(xb[j]).view(np.int32)
+        not_nan = bits & 0x7FFFFFFF <= INF_BITS
+        k = _key(bits)
+        lo = min(lo, k if not_nan else KEY_FLT_MAX)
+        hi = max(hi, k if not_nan else KEY_MINUS_FLT_MAX)
+    vmin = np.int32(_key(lo)).view(F32)
+    vmax = np.int32(_key(hi)).view(F32)
+    if vmin == 0:
+        vmin = _first_zero(xb)
+    if vmax == 0:
+        vmax = _first_zero(xb)
+    return vmin, vmax
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _truncated_codes(xb, offset, inv, bias, top, L):
+    """L (32,) int32: ``min(top, int((xb[j] - offset) * inv + bias))``, truncating as C's cast does."""
+    for j in range(xb.shape[0]):
+        L[j] = min(top, np.int32((xb[j] - offset) * inv + bias))
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def _symmetric_ref(xb, nmax, L):
     """Q4_0/Q5_0 ``_ref``: codes into L, returns ``d = max / -nmax``."""
-    amax = F32(0.0)
-    vmax = F32(0.0)
-    for j in range(QK):
-        a = abs(xb[j])
-        if amax < a:
-            amax = a
-            vmax = xb[j]
-    d = vmax / F32(-nmax)
+    d = _signed_abs_max(xb) / F32(-nmax)
     inv = F32(1.0) / d if d != 0 else F32(0.0)
-    half = F32(nmax) + F32(0.5)
-    for j in range(QK):
-        L[j] = min(2 * nmax - 1, int(xb[j] * inv + half))
+    _truncated_codes(xb, F32(0.0), inv, F32(nmax) + F32(0.5), np.int32(2 * nmax - 1), L)
     return d
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _min_ref(xb, nmax, L):
     """Q4_1/Q5_1 ``_ref``: codes into L, returns ``(d, m)`` with ``d = (max - min)/nmax``, ``m = min``."""
-    vmin = xb[0]
-    vmax = xb[0]
-    for j in range(1, QK):
-        if xb[j] < vmin:
-            vmin = xb[j]
-        if xb[j] > vmax:
-            vmax = xb[j]
+    vmin, vmax = _min_max(xb)
     d = (vmax - vmin) / F32(nmax)
     inv = F32(1.0) / d if d != 0 else F32(0.0)
-    for j in range(QK):
-        L[j] = min(nmax, int((xb[j] - vmin) * inv + F32(0.5)))
+    _truncated_codes(xb, vmin, inv, F32(0.5), np.int32(nmax), L)
     return d, vmin
 
 
@@ -126,16 +197,22 @@ def _min_ref(xb, nmax, L):
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _quantize_symmetric(x, imatrix, out, nmax):
-    """Q4_0 (nmax 8) and Q5_0 (nmax 16) rows into ``out``; ``_impl`` when imatrix is given."""
+    """Q4_0 (nmax 8) and Q5_0 (nmax 16) rows into ``out``; ``_impl`` when imatrix is given.
+
+    x : float32 (n_rows, n_cols), C-contiguous (rows are viewed as blocks).
+    """
     n_rows, n_cols = x.shape
+    n_blocks = n_cols // QK
     size = Q4_0_SIZE if nmax == 8 else Q5_0_SIZE
     for r in prange(n_rows):
-        L = np.empty(QK, dtype=np.int8)
+        xr = x[r].reshape(n_blocks, QK)  # (n_blocks, 32)
+        blocks = out[r].reshape(n_blocks, size)  # (n_blocks, type_size)
+        L = np.empty(QK, dtype=np.int32)
         weight = np.empty(QK, dtype=F32)
         sigma2 = _row_sigma2(x[r]) if imatrix is not None else F32(0.0)
-        for b in range(n_cols // QK):
-            xb = x[r, b * QK:(b + 1) * QK]
-            o = out[r, b * size:(b + 1) * size]
+        for b in range(n_blocks):
+            xb = xr[b]
+            o = blocks[b]
             if imatrix is None:
                 d = _symmetric_ref(xb, nmax, L)
             else:
@@ -143,23 +220,29 @@ def _quantize_symmetric(x, imatrix, out, nmax):
                 d = make_qx_quants(QK, nmax, xb, L, 1, weight)
             _put_fp16(o, 0, d)
             if nmax == 16:
-                _put_high_bits(o, 2, L)
-            _put_nibbles(o, size - 16, L)
+                _put_high_bits(o[2:6], L)
+            _put_nibbles(o[size - 16:], L)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _quantize_min(x, imatrix, out, nmax):
-    """Q4_1 (nmax 15) and Q5_1 (nmax 31) rows into ``out``; ``_impl`` when imatrix is given."""
+    """Q4_1 (nmax 15) and Q5_1 (nmax 31) rows into ``out``; ``_impl`` when imatrix is given.
+
+    x : float32 (n_rows, n_cols), C-contiguous (rows are viewed as blocks).
+    """
     n_rows, n_cols = x.shape
+    n_blocks = n_cols // QK
     size = Q4_1_SIZE if nmax == 15 else Q5_1_SIZE
     for r in prange(n_rows):
-        L = np.empty(QK, dtype=np.uint8)
+        xr = x[r].reshape(n_blocks, QK)  # (n_blocks, 32)
+        blocks = out[r].reshape(n_blocks, size)  # (n_blocks, type_size)
+        L = np.empty(QK, dtype=np.int32)
         Laux = np.empty(QK, dtype=np.uint8)
         weight = np.empty(QK, dtype=F32)
         sigma2 = _row_sigma2(x[r]) if imatrix is not None else F32(0.0)
-        for b in range(n_cols // QK):
-            xb = x[r, b * QK:(b + 1) * QK]
-            o = out[r, b * size:(b + 1) * size]
+        for b in range(n_blocks):
+            xb = xr[b]
+            o = blocks[b]
             if imatrix is None:
                 d, m = _min_ref(xb, nmax, L)
             else:
@@ -169,8 +252,8 @@ def _quantize_min(x, imatrix, out, nmax):
             _put_fp16(o, 0, d)
             _put_fp16(o, 2, m)
             if nmax == 31:
-                _put_high_bits(o, 4, L)
-            _put_nibbles(o, size - 16, L)
+                _put_high_bits(o[4:8], L)
+            _put_nibbles(o[size - 16:], L)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -434,28 +517,28 @@ def quantize_q4_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] |
     Same contract as :func:`qviz.formats.gguf_legacy.quantize_q4_0`.
     """
     out = _out("Q4_0", x)
-    _quantize_symmetric(x, imatrix, out, 8)
+    _quantize_symmetric(np.ascontiguousarray(x), imatrix, out, 8)
     return out
 
 
 def quantize_q5_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
     """Q5_0 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 22) uint8 (see the reference)."""
     out = _out("Q5_0", x)
-    _quantize_symmetric(x, imatrix, out, 16)
+    _quantize_symmetric(np.ascontiguousarray(x), imatrix, out, 16)
     return out
 
 
 def quantize_q4_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
     """Q4_1 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 20) uint8 (see the reference)."""
     out = _out("Q4_1", x)
-    _quantize_min(x, imatrix, out, 15)
+    _quantize_min(np.ascontiguousarray(x), imatrix, out, 15)
     return out
 
 
 def quantize_q5_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
     """Q5_1 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 24) uint8 (see the reference)."""
     out = _out("Q5_1", x)
-    _quantize_min(x, imatrix, out, 31)
+    _quantize_min(np.ascontiguousarray(x), imatrix, out, 31)
     return out
 
 
