@@ -79,6 +79,7 @@ def _switch_to_q4_k(page, artifacts, prefix: str) -> None:
     page.wait_for_function(f"""(before) => {{ const t = document.querySelector('{group_title}');
                                              return !!t && t.textContent !== before; }}""",
                            arg=title, timeout=REDRAW_MS)
+    page.mouse.move(0, 0)  # no hover label left in the screenshots
 
 
 def _run_and_switch(page, srv, path: str, artifacts, prefix: str, run_notebook) -> None:
