@@ -13,7 +13,7 @@ import inspect
 
 import numpy as np
 
-from qviz.arrays import as_weight, check_finite
+from qviz.arrays import as_weight, check_finite, check_group_size
 from qviz.formats.spec import FORMATS, MODULES, layout
 from qviz.result import QuantResult
 
@@ -23,18 +23,6 @@ BACKENDS = ("numba", "numpy")
 def _check_bits(bits: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 8:
         raise ValueError(f"bits={bits!r}: choose an integer from 2 to 8")
-
-
-def _check_group_size(group_size: int, n_cols: int) -> int:
-    """Columns per group: -1 means per channel (the whole row)."""
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
-        raise TypeError(f"group_size={group_size!r} must be an integer")
-    if group_size == -1:
-        return n_cols
-    if group_size <= 0:
-        raise ValueError(f"group_size={group_size}: use a positive number of columns, "
-                         f"or -1 for one group per output row")
-    return min(int(group_size), n_cols)
 
 
 def quantize_rtn(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bool = False,
@@ -55,7 +43,7 @@ def quantize_rtn(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bo
         One scale (and zero) for the whole matrix.
     """
     _check_bits(bits)
-    g = w.shape[1] if per_tensor else _check_group_size(group_size, w.shape[1])
+    g = w.shape[1] if per_tensor else check_group_size(group_size, w.shape[1])
     from qviz.kernels.numba.rtn import choose_params_and_quantize  # numba loads on first use
 
     # formats/rtn.py's choose_params and quantize in one numba pass: the same numbers
@@ -95,7 +83,7 @@ def quantize_gptq(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: b
         Where the algorithm runs: ``"cpu"`` (default) or ``"cuda"``.
     """
     _check_bits(bits)
-    g = _check_group_size(group_size, w.shape[1])
+    g = check_group_size(group_size, w.shape[1])
     from qviz.algorithms import gptq  # torch loads only when GPTQ runs
     from qviz.arrays import torch_device
 
@@ -134,7 +122,7 @@ def quantize_awq(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bo
         ``"cpu"`` (default) or ``"cuda"``.
     """
     _check_bits(bits)
-    g = _check_group_size(group_size, w.shape[1])
+    g = check_group_size(group_size, w.shape[1])
     if calib is None:
         raise ValueError(
             f"AWQ needs the layer's input activations: pass calib= of shape (n_samples, {w.shape[1]}), "

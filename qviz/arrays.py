@@ -76,6 +76,26 @@ def check_finite(a: np.ndarray, name: str) -> None:
                          f"(row, col) = {first}. Clean or mask them before quantizing.")
 
 
+def check_group_size(group_size, n_cols: int) -> int:
+    """Columns per group for rows of ``n_cols``: -1 means per channel (the whole row).
+
+    Raises
+    ------
+    TypeError
+        ``group_size`` is not an integer.
+    ValueError
+        ``group_size`` is 0 or negative other than -1.
+    """
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise TypeError(f"group_size={group_size!r} must be an integer")
+    if group_size == -1:
+        return n_cols
+    if group_size <= 0:
+        raise ValueError(f"group_size={group_size}: use a positive number of columns, "
+                         f"or -1 for one group per output row")
+    return min(int(group_size), n_cols)
+
+
 def as_activations(obj, n_cols: int, *, name: str = "calib") -> np.ndarray:
     """Validate activations X (n_samples × n_cols) for a layer whose rows are ``n_cols`` wide.
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qviz.arrays import as_weight, check_finite
+from qviz.arrays import as_weight, check_finite, check_group_size
 from qviz.result import QuantResult
 
 __all__ = ["NF4", "kmeans", "nearest", "nf4"]
@@ -113,7 +113,7 @@ def nf4(w, group_size: int = 64) -> QuantResult:
     array([[-2.    ,  0.1592,  0.8814,  2.    ]], dtype=float32)
     """
     w = as_weight(w)
-    g = _group_size(group_size, w.shape[1])
+    g = check_group_size(group_size, w.shape[1])
     _check_fp16_range(w)
     starts = np.arange(0, w.shape[1], g)
     absmax = _fp16(np.maximum.reduceat(np.abs(w), starts, axis=1))  # (n_rows, n_groups)
@@ -211,14 +211,3 @@ def _importance(importance, n_cols: int) -> np.ndarray | None:
         raise ValueError("importance must be >= 0 and not all zero (it weighs the squared "
                          "error of each column, e.g. mean x² of the activations)")
     return imp
-
-
-def _group_size(group_size, n_cols: int) -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
-        raise TypeError(f"group_size={group_size!r} must be an integer")
-    if group_size == -1:
-        return n_cols
-    if group_size <= 0:
-        raise ValueError(f"group_size={group_size}: use a positive number of columns, "
-                         f"or -1 for one block per output row")
-    return min(int(group_size), n_cols)
