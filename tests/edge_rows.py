@@ -1,4 +1,5 @@
-"""Named edge-case weight rows, and real rows of all-MiniLM-L6-v2, for the GGUF quantizer tests.
+"""Named edge-case weight rows, real rows of all-MiniLM-L6-v2, rows of mixed groups and
+importance matrices, for the GGUF quantizer tests.
 
 Shared by ``test_gguf_k_min.py``, ``test_gguf_k_sym.py``, ``test_gguf_legacy.py``
 and ``test_unpack_kernels.py``; a file's own cases stay in that file and are
@@ -117,3 +118,62 @@ def minilm_rows(n_rows: int, n_cols: int, *, tensor: str = MINILM_TENSOR, step: 
     path = next(pathlib.Path(spec.submodule_search_locations[0]).rglob("model.safetensors"))
     w = load_file(path)[tensor]
     return np.ascontiguousarray(w[::step][:n_rows, :n_cols], dtype=np.float32)
+
+
+def mixed_groups(group_size: int, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows whose groups (blocks or sub-blocks) each take one path of a scale search, float32 (n_rows, n_cols).
+
+    Kernels that search many groups side by side (``kernels/numba/lanes_*.py``)
+    must let each branch its own way. Each group of ``group_size`` is, at
+    random: normal; all zero or constant of either sign (no range); all
+    negative; sparse (90% zeros, magnitudes 1e-6..1: with zero importance a
+    K-quant trial can round beyond 2**22, and a fit can come out with a
+    negative scale, whose wrapped code spills into other sub-blocks' bits);
+    1e-3 of normal (its scale code rounds to 0); float32-subnormal (an
+    infinite inverse scale); a single value.
+    """
+    g = group_size
+    x = rng.standard_normal((n_rows * n_cols // g, g)).astype(np.float32)  # (groups, g)
+    kind = rng.integers(0, 9, x.shape[0])
+    x[kind == 1] = 0
+    x[kind == 2] = 0.37
+    x[kind == 3] = -0.37
+    x[kind == 4] = -np.abs(x[kind == 4]) - np.float32(0.1)
+    sparse = x[kind == 5] * np.float32(10.0) ** rng.uniform(-6, 0, (np.sum(kind == 5), g))
+    x[kind == 5] = np.where(rng.random(sparse.shape) < 0.9, 0, sparse).astype(np.float32)
+    x[kind == 6] *= np.float32(1e-3)
+    x[kind == 7] *= np.float32(1e-40)
+    x[kind == 8] = np.where(np.arange(g) == 5, x[kind == 8], 0)
+    return x.reshape(n_rows, n_cols)
+
+
+def importance(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
+    """An importance matrix, float32 (n_cols,), or None.
+
+    ``kind``: None; ``"random"`` (positive); ``"with_zeros"`` (40% zeros and
+    whole runs of 16); ``"dead_columns"`` (30% zeros, as llama-imatrix gives
+    columns no token reached); ``"activations"`` (mean squared activations with
+    a few hot channels); ``"squared"`` (mean squared activations of columns
+    with uniform scales). Each kind draws the same numbers in the same order
+    on every call.
+    """
+    if kind is None:
+        return None
+    if kind == "random":
+        return rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
+    if kind == "with_zeros":
+        im = rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
+        im[rng.random(n_cols) < 0.4] = 0
+        im.reshape(-1, 16)[rng.random(n_cols // 16) < 0.2] = 0
+        return im
+    if kind == "dead_columns":
+        return np.where(rng.random(n_cols) < 0.3, 0.0, rng.uniform(0.01, 5.0, n_cols)).astype(np.float32)
+    if kind == "activations":
+        acts = rng.standard_normal((64, n_cols)).astype(np.float32)
+        acts[:, rng.integers(0, n_cols, 8)] *= 30  # a few hot channels, as real activations have
+        return (acts * acts).mean(axis=0).astype(np.float32)
+    if kind == "squared":
+        column_scale = rng.uniform(0.1, 3.0, n_cols).astype(np.float32)
+        acts = rng.standard_normal((64, n_cols)).astype(np.float32) * column_scale
+        return np.mean(acts * acts, axis=0).astype(np.float32)
+    raise ValueError(kind)

@@ -15,7 +15,7 @@ import pytest
 
 import ggml_oracle as oracle
 from edge_rows import CASES as EDGE_CASES
-from edge_rows import edge_rows, minilm_rows
+from edge_rows import edge_rows, importance, minilm_rows, mixed_groups
 from qviz.formats import rounding
 from qviz.formats.spec import FORMATS, MODULES, QK_K
 from qviz.result import QuantResult
@@ -38,49 +38,6 @@ OWN_CASES = {  # this file's own edge_rows cases: float32 overflow in the scale 
 CASES = [*EDGE_CASES, *OWN_CASES, "minilm"]
 
 
-def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
-    """None, a random positive importance, one with zeros, or mean squared activations."""
-    if kind is None:
-        return None
-    if kind == "random":
-        return rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
-    if kind == "with_zeros":  # dead columns: 40% zeros, and whole runs of 16
-        im = rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
-        im[rng.random(n_cols) < 0.4] = 0
-        im.reshape(-1, 16)[rng.random(n_cols // 16) < 0.2] = 0
-        return im
-    acts = rng.standard_normal((64, n_cols)).astype(np.float32)
-    acts[:, rng.integers(0, n_cols, 8)] *= 30  # a few hot channels, as real activations have
-    return (acts * acts).mean(axis=0).astype(np.float32)
-
-
-def _mixed_sub_blocks(type_name: str, n_rows: int, n_cols: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    """Rows whose sub-blocks each take one path of the search, so that lanes searched
-    side by side (``kernels/numba/lanes_min.py``) branch differently, float32 (n_rows, n_cols).
-
-    Each sub-block is, at random: normal; all zero or constant of either sign
-    (no range); all negative; sparse (90% zeros, magnitudes 1e-6..1: with zero
-    importance a trial can round beyond 2**22, and a fit can come out with a
-    negative scale, whose wrapped code spills into other sub-blocks' bits);
-    1e-3 of normal (its scale code rounds to 0, so its search codes are kept);
-    float32-subnormal (an infinite inverse scale); a single value.
-    """
-    sub = FORMATS[type_name].group_size
-    x = rng.standard_normal((n_rows * n_cols // sub, sub)).astype(np.float32)  # (sub-blocks, sub)
-    kind = rng.integers(0, 9, x.shape[0])
-    x[kind == 1] = 0
-    x[kind == 2] = 0.37
-    x[kind == 3] = -0.37
-    x[kind == 4] = -np.abs(x[kind == 4]) - np.float32(0.1)
-    sparse = x[kind == 5] * np.float32(10.0) ** rng.uniform(-6, 0, (np.sum(kind == 5), sub))
-    x[kind == 5] = np.where(rng.random(sparse.shape) < 0.9, 0, sparse).astype(np.float32)
-    x[kind == 6] *= np.float32(1e-3)
-    x[kind == 7] *= np.float32(1e-40)
-    x[kind == 8] = np.where(np.arange(sub) == 5, x[kind == 8], 0)
-    return x.reshape(n_rows, n_cols)
-
-
 def _fn(module, verb: str, type_name: str):
     return getattr(module, f"{verb}_{type_name.lower()}")
 
@@ -93,7 +50,7 @@ def test_quantize_matches_ggml(type_name, case, imatrix, module):
     rng = np.random.default_rng(zlib.crc32(f"{type_name} {case} {imatrix}".encode()))
     n_rows, n_cols = SHAPES[module]
     x = edge_rows(case, n_rows, n_cols, rng, extra_cases=OWN_CASES)
-    im = _imatrix(imatrix, n_cols, rng)
+    im = importance(imatrix, n_cols, rng)
     got = _fn(module, "quantize", type_name)(x, im)
     oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, im))
 
@@ -104,7 +61,7 @@ def test_kernel_matches_ggml_on_a_whole_layer(type_name, imatrix):
     """Every row of a real 384 × 1536 weight (and many random blocks) through the kernel."""
     rng = np.random.default_rng(5)
     x = minilm_rows(384, 1536)
-    im = _imatrix(imatrix, x.shape[1], rng)
+    im = importance(imatrix, x.shape[1], rng)
     oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
                                oracle.quantize(type_name, x, im))
 
@@ -117,8 +74,8 @@ def test_kernel_lanes_branch_apart(type_name, n_blocks, imatrix):
     (fewer lanes than a vector) and two lane groups per row, the second partial."""
     rng = np.random.default_rng(zlib.crc32(f"{type_name} lanes {n_blocks} {imatrix}".encode()))
     n_cols = n_blocks * QK_K
-    x = _mixed_sub_blocks(type_name, 1024 // n_blocks, n_cols, rng)
-    im = _imatrix(imatrix, n_cols, rng)
+    x = mixed_groups(FORMATS[type_name].group_size, 1024 // n_blocks, n_cols, rng)
+    im = importance(imatrix, n_cols, rng)
     oracle.assert_blocks_equal(type_name, _fn(KERNEL, "quantize", type_name)(x, im),
                                oracle.quantize(type_name, x, im))
 
@@ -129,8 +86,8 @@ def test_reference_mixed_sub_blocks(type_name, imatrix):
     """The kernel's lane cases through the reference: 8 super-blocks of sub-blocks
     of every kind (no range, sparse, float32-subnormal, a single value, ...)."""
     rng = np.random.default_rng(zlib.crc32(f"{type_name} reference mixed {imatrix}".encode()))
-    x = _mixed_sub_blocks(type_name, 4, 2 * QK_K, rng)
-    im = _imatrix(imatrix, x.shape[1], rng)
+    x = mixed_groups(FORMATS[type_name].group_size, 4, 2 * QK_K, rng)
+    im = importance(imatrix, x.shape[1], rng)
     oracle.assert_blocks_equal(type_name, _fn(REFERENCE, "quantize", type_name)(x, im),
                                oracle.quantize(type_name, x, im))
 
@@ -282,7 +239,7 @@ def test_scale_min_k4_round_trip():
 def test_kernel_is_deterministic(type_name, imatrix):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((64, 4 * QK_K)).astype(np.float32)
-    im = _imatrix(imatrix, x.shape[1], rng)
+    im = importance(imatrix, x.shape[1], rng)
     quantize = _fn(KERNEL, "quantize", type_name)
     first = quantize(x, im)
     np.testing.assert_array_equal(quantize(x, im), first)

@@ -15,7 +15,7 @@ import pytest
 
 import ggml_oracle as oracle
 from edge_rows import CASES as EDGE_CASES
-from edge_rows import edge_rows
+from edge_rows import edge_rows, importance
 from qviz.formats.spec import FORMATS, MODULES, QK_K
 from qviz.result import QuantResult
 
@@ -31,19 +31,6 @@ SHAPES = {REFERENCE: (2, 2 * QK_K), KERNEL: (16, 6 * QK_K)}
 CASES = [*EDGE_CASES, "minilm"]
 
 
-def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
-    """None, a random positive importance, one with zeros, or one from squared activations (llama-imatrix's)."""
-    if kind is None:
-        return None
-    if kind == "random":
-        return rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
-    if kind == "dead_columns":  # zero importance, as llama-imatrix gives columns no token reached
-        return np.where(rng.random(n_cols) < 0.3, 0.0, rng.uniform(0.01, 5.0, n_cols)).astype(np.float32)
-    acts = rng.standard_normal((64, n_cols)).astype(np.float32)
-    acts[:, rng.integers(0, n_cols, 8)] *= 30  # a few hot channels, as real activations have
-    return (acts * acts).mean(axis=0).astype(np.float32)
-
-
 def _fn(module, verb: str, type_name: str):
     return getattr(module, f"{verb}_{type_name.lower()}")
 
@@ -56,7 +43,7 @@ def test_quantize_matches_ggml(type_name, case, imatrix, module):
     rng = np.random.default_rng(zlib.crc32(f"{type_name} {case} {imatrix}".encode()))
     n_rows, n_cols = SHAPES[module]
     x = edge_rows(case, n_rows, n_cols, rng)
-    im = _imatrix(imatrix, n_cols, rng)
+    im = importance(imatrix, n_cols, rng)
     got = _fn(module, "quantize", type_name)(x, im)
     oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, im))
 
@@ -105,7 +92,7 @@ def test_dequantize_random_bytes(type_name, module):
 def test_kernel_is_deterministic(type_name, imatrix):
     rng = np.random.default_rng(11)
     x = rng.standard_normal((64, 4 * QK_K)).astype(np.float32)
-    im = _imatrix(imatrix, x.shape[1], rng)
+    im = importance(imatrix, x.shape[1], rng)
     quantize = _fn(KERNEL, "quantize", type_name)
     first = quantize(x, im)
     np.testing.assert_array_equal(quantize(x, im), first)
@@ -152,6 +139,6 @@ def test_kernel_matches_ggml_on_mixed_rows(type_name, imatrix):
     kinds = rng.choice(MIXED_KINDS, (n_rows, n_blocks * 16))
     x = np.stack([np.concatenate([_mixed_sub_block(k, rng) for k in row]) for row in kinds])
     x[::3, 256:512] *= np.float32(1e-17)
-    im = _imatrix(imatrix, x.shape[1], rng)
+    im = importance(imatrix, x.shape[1], rng)
     got = _fn(KERNEL, "quantize", type_name)(x, im)
     oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, im))

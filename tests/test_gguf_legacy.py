@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ggml_oracle as oracle
-from edge_rows import edge_rows, minilm_rows
+from edge_rows import edge_rows, importance, minilm_rows
 from qviz.formats import ggml_search
 from qviz.formats.spec import FORMATS, MODULES, QK
 from qviz.result import QuantResult
@@ -69,23 +69,6 @@ def _test_matrix(n_rows_per_case: int, rng: np.random.Generator) -> np.ndarray:
                            for c in CASES])
 
 
-def _imatrix(kind: str | None, n_cols: int, rng: np.random.Generator) -> np.ndarray | None:
-    """An importance matrix (n_cols,) float32, or None.
-
-    ``random``: positive; ``dead_columns``: with zeros; ``squared``: mean squared
-    activations, llama-imatrix's statistic.
-    """
-    if kind is None:
-        return None
-    if kind == "random":
-        return rng.uniform(0.01, 5.0, n_cols).astype(np.float32)
-    if kind == "dead_columns":  # zero importance, as llama-imatrix gives columns no token reached
-        return np.where(rng.random(n_cols) < 0.3, 0.0, rng.uniform(0.01, 5.0, n_cols)).astype(np.float32)
-    column_scale = rng.uniform(0.1, 3.0, n_cols).astype(np.float32)
-    acts = rng.standard_normal((64, n_cols)).astype(np.float32) * column_scale
-    return np.mean(acts * acts, axis=0).astype(np.float32)
-
-
 def _fn(impl: str, verb: str, type_name: str):
     return getattr(IMPLS[impl], f"{verb}_{type_name.lower()}")
 
@@ -95,7 +78,7 @@ def _fn(impl: str, verb: str, type_name: str):
 @pytest.mark.parametrize("type_name", TYPES)
 def test_quantize_matches_ggml(type_name, impl, imatrix_kind, rng):
     x = _test_matrix(ROWS_PER_CASE[impl], rng)
-    imatrix = _imatrix(imatrix_kind, x.shape[1], rng)
+    imatrix = importance(imatrix_kind, x.shape[1], rng)
     got = _fn(impl, "quantize", type_name)(x, imatrix)
     oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, imatrix))
 
@@ -106,7 +89,7 @@ def test_quantize_matches_ggml(type_name, impl, imatrix_kind, rng):
 def test_real_weights_match_ggml(type_name, impl, imatrix_kind, rng):
     n_rows = 2 if impl == "reference" else 256  # spread over the weight's 1536 rows
     x = minilm_rows(n_rows, 384, tensor="encoder.layer.0.intermediate.dense.weight", step=1536 // n_rows)
-    imatrix = _imatrix(imatrix_kind, x.shape[1], rng)
+    imatrix = importance(imatrix_kind, x.shape[1], rng)
     got = _fn(impl, "quantize", type_name)(x, imatrix)
     oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, imatrix))
 
@@ -154,7 +137,7 @@ def test_unpack_decodes_like_ggml(type_name, rng):
 @pytest.mark.parametrize("type_name", TYPES)
 def test_kernel_is_deterministic(type_name, rng):
     x = rng.standard_normal((64, N_COLS)).astype(np.float32)
-    imatrix = _imatrix("random", N_COLS, rng)
+    imatrix = importance("random", N_COLS, rng)
     quantize = _fn("numba", "quantize", type_name)
     first = quantize(x, imatrix)
     assert np.array_equal(first, quantize(x, imatrix))
@@ -254,7 +237,7 @@ def test_kernel_matches_ggml_on_mixed_rows(type_name, imatrix_kind, rng):
     n_rows, n_blocks = 6, 137
     kinds = rng.choice(MIXED_KINDS, (n_rows, n_blocks))
     x = np.stack([np.concatenate([_mixed_block(k, rng) for k in row]) for row in kinds])
-    imatrix = _imatrix(imatrix_kind, x.shape[1], rng)
+    imatrix = importance(imatrix_kind, x.shape[1], rng)
     got = _fn("numba", "quantize", type_name)(x, imatrix)
     oracle.assert_blocks_equal(type_name, got, oracle.quantize(type_name, x, imatrix))
 

@@ -17,7 +17,7 @@ import pytest
 
 import ggml_oracle as oracle
 from edge_rows import CASES as EDGE_CASES
-from edge_rows import edge_rows, minilm_rows
+from edge_rows import edge_rows, importance, minilm_rows, mixed_groups
 from qviz.api import gguf_result
 from qviz.formats.spec import FORMATS, MODULES, QK_K, Unpacked
 from qviz.result import QuantResult
@@ -35,49 +35,10 @@ def _unpackers(type_name: str):
     return getattr(ref, name), getattr(kernel, name)
 
 
-def _mixed(type_name: str, n_rows: int, n_cols: int, rng: np.random.Generator) -> np.ndarray:
-    """Rows whose groups (sub-blocks) each take one path of the search, float32 (n_rows, n_cols).
-
-    Each group is, at random: normal; all zero; constant of either sign; all
-    negative; sparse (90% zeros, magnitudes 1e-6..1: with zero importance a
-    K-quant fit can come out with a negative scale, whose wrapped code spills
-    into its neighbours' bits); 1e-3 of normal; float32-subnormal; one value.
-    """
-    g = FORMATS[type_name].group_size
-    x = rng.standard_normal((n_rows * n_cols // g, g)).astype(np.float32)  # (groups, g)
-    kind = rng.integers(0, 9, x.shape[0])
-    x[kind == 1] = 0
-    x[kind == 2] = 0.37
-    x[kind == 3] = -0.37
-    x[kind == 4] = -np.abs(x[kind == 4]) - np.float32(0.1)
-    sparse = x[kind == 5] * np.float32(10.0) ** rng.uniform(-6, 0, (np.sum(kind == 5), g))
-    x[kind == 5] = np.where(rng.random(sparse.shape) < 0.9, 0, sparse).astype(np.float32)
-    x[kind == 6] *= np.float32(1e-3)
-    x[kind == 7] *= np.float32(1e-40)
-    x[kind == 8] = np.where(np.arange(g) == 5, x[kind == 8], 0)
-    return x.reshape(n_rows, n_cols)
-
-
 def _rows(type_name: str, case: str, rng: np.random.Generator) -> np.ndarray:
     """Named test rows, float32 (N_ROWS, N_COLS): ``edge_rows``' cases and this file's "mixed"."""
-    mixed = {"mixed": lambda normal, rng: _mixed(type_name, N_ROWS, N_COLS, rng)}
+    mixed = {"mixed": lambda normal, rng: mixed_groups(FORMATS[type_name].group_size, N_ROWS, N_COLS, rng)}
     return edge_rows(case, N_ROWS, N_COLS, rng, extra_cases=mixed)
-
-
-def _imatrix(kind: str | None, rng: np.random.Generator) -> np.ndarray | None:
-    """None, a random positive importance, one with dead columns, or mean squared activations."""
-    if kind is None:
-        return None
-    if kind == "random":
-        return rng.uniform(0.01, 5.0, N_COLS).astype(np.float32)
-    if kind == "with_zeros":  # 40% zeros, and whole runs of 16
-        im = rng.uniform(0.01, 5.0, N_COLS).astype(np.float32)
-        im[rng.random(N_COLS) < 0.4] = 0
-        im.reshape(-1, 16)[rng.random(N_COLS // 16) < 0.2] = 0
-        return im
-    acts = rng.standard_normal((64, N_COLS)).astype(np.float32)
-    acts[:, rng.integers(0, N_COLS, 8)] *= 30  # a few hot channels, as real activations have
-    return (acts * acts).mean(axis=0).astype(np.float32)
 
 
 def _random_bytes(type_name: str, n_rows: int, rng: np.random.Generator, finite: bool) -> np.ndarray:
@@ -133,7 +94,7 @@ def _assert_decodes_like_ggml(type_name: str, u: Unpacked, packed: np.ndarray) -
 def test_twin_matches_reference_and_ggml(type_name, case, imatrix):
     rng = np.random.default_rng(zlib.crc32(f"{type_name} {case} {imatrix}".encode()))
     x = _rows(type_name, case, rng)
-    packed = oracle.quantize(type_name, x, _imatrix(imatrix, rng))
+    packed = oracle.quantize(type_name, x, importance(imatrix, N_COLS, rng))
     reference, twin = _unpackers(type_name)
     u = twin(packed)
     _assert_same(reference(packed), u)
