@@ -19,10 +19,11 @@ every add waits for the one before. Sub-blocks are independent, so here
 * ggml copies a better trial's codes at once; a lane here remembers the
   trial's inverse scale and min instead and rounds its codes once, at the end,
   with the same float32 operations.
-* Codes are rounded with ggml's own ``nearest_int`` bit trick
-  (:func:`nearest_int`), which wraps where ``rounding.nearest_int`` saturates:
-  a trial measured from a better trial's min can land beyond 2**22 (seen on
-  sparse sub-blocks with zero imatrix weights).
+* Codes are rounded with ggml's ``nearest_int`` bit trick, which wraps
+  beyond 2**22 (a trial measured from a better trial's min can land there,
+  seen on sparse sub-blocks with zero imatrix weights). :func:`nearest_int`
+  is ``rounding.nearest_int`` returning int32: compiled from the shared
+  definition (``search.nearest_int``, int64) the lane loops ran 10-25% slower.
 
 numba's cache of ``kquants_min`` holds this module's code compiled in: after
 editing this file, delete ``qviz/kernels/numba/__pycache__/kquants_min*.nb*``.
