@@ -10,7 +10,7 @@ import torch
 import qviz
 from qviz.algorithms.awq import (AWQFormat, apply_clip, awq, fake_quantize, search_clip,
                                  search_scale, unscaled_weight)
-from qviz.algorithms.format import RTNFormat
+from qviz.algorithms.grid import RTNFormat
 from qviz.metrics import relative_output_error
 from reference.awq_reference import awq_layer, pseudo_quantize
 

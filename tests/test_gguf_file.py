@@ -355,7 +355,7 @@ def test_wrong_alignment_key(tmp_path):
 
 
 def _needs_legacy_kernels():
-    pytest.importorskip("qviz.kernels.numba.legacy", reason="Q4_0/Q5_0/Q8_0 kernels not written yet")
+    pytest.importorskip("qviz.kernels.numba.gguf_legacy", reason="Q4_0/Q5_0/Q8_0 kernels not written yet")
 
 
 @pytest.fixture
@@ -499,7 +499,7 @@ def test_requantize_bytes_equal_ggml(f32_model, tmp_path, type_name):
 
 def test_requantize_q4_k_falls_back_to_q5_0_for_384_wide_rows(f32_model, tmp_path):
     _needs_legacy_kernels()
-    pytest.importorskip("qviz.kernels.numba.kquants_min")
+    pytest.importorskip("qviz.kernels.numba.gguf_k_min")
     from ggml_oracle import quantize as ggml_quantize
 
     got = requantize(f32_model, tmp_path / "out.gguf", "Q4_K")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import qviz
-from qviz.algorithms.format import RTNFormat
+from qviz.algorithms.grid import RTNFormat
 from qviz.algorithms.gptq import gptq, hessian, inverse_hessian_factor
 from qviz.metrics import relative_output_error
 from reference.gptq_reference import add_batches, fasterquant
@@ -206,7 +206,7 @@ def test_result_fields(layer):
     assert "gptq" in qviz.method_names()
 
 
-@pytest.mark.parametrize("module", ["qviz.algorithms.gptq", "qviz.algorithms.format"])
+@pytest.mark.parametrize("module", ["qviz.algorithms.gptq", "qviz.algorithms.grid"])
 def test_docstring_examples_run(module):
     failed, attempted = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert attempted > 0 and failed == 0

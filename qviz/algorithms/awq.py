@@ -55,7 +55,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from qviz.algorithms.format import RTNFormat
+from qviz.algorithms.grid import RTNFormat
 from qviz.arrays import torch_device, as_activations, as_weight, check_finite
 from qviz.result import QuantResult
 

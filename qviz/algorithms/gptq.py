@@ -22,7 +22,7 @@ step by step, so that its codes, scales and zeros are identical on CPU:
    Per channel (one group per row), the parameters come from the original
    ``W`` before dead columns are zeroed, as the reference's ``groupsize=-1``.
 
-The format is handed in (:class:`~qviz.algorithms.format.RTNFormat`): GPTQ
+The format is handed in (:class:`~qviz.algorithms.grid.RTNFormat`): GPTQ
 decides *which* value each weight rounds from; the format decides the grid.
 
 Notes
@@ -39,7 +39,7 @@ from decimal import Decimal
 import numpy as np
 import torch
 
-from qviz.algorithms.format import RTNFormat
+from qviz.algorithms.grid import RTNFormat
 from qviz.arrays import as_activations, as_weight
 from qviz.result import QuantResult
 
@@ -51,7 +51,7 @@ DAMP_RETRIES = 4
 MAX_DAMP = 1.0
 
 
-def _tensor(a: np.ndarray, device) -> torch.Tensor:
+def as_tensor(a: np.ndarray, device) -> torch.Tensor:
     """A float32 tensor reading ``a`` (copied when numpy marks it read-only)."""
     return torch.from_numpy(a if a.flags.writeable else a.copy()).to(device)
 
@@ -92,7 +92,7 @@ def hessian(x, n_cols: int | None = None, *, device="cpu") -> torch.Tensor:
             [ 2.,  4.]])
     """
     x = as_activations(x, np.shape(x)[-1] if n_cols is None else n_cols, name="x")
-    x = math.sqrt(2 / x.shape[0]) * _tensor(x, device)  # (n, n_cols), a new tensor
+    x = math.sqrt(2 / x.shape[0]) * as_tensor(x, device)  # (n, n_cols), a new tensor
     return x.T @ x
 
 
@@ -133,7 +133,7 @@ def resolve_hessian(n_cols: int, calib=None, H=None) -> torch.Tensor:
     if h.shape != (n_cols, n_cols):
         raise ValueError(f"hessian has shape {h.shape} but the weight has {n_cols} input columns; "
                          f"pass the ({n_cols}, {n_cols}) matrix (2/n)·XᵀX of this layer's inputs")
-    return _tensor(h, device)
+    return as_tensor(h, device)
 
 
 def inverse_hessian_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:

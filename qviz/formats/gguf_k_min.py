@@ -20,7 +20,7 @@ packed bytes.
 
 This is the readable reference: per-block Python that calls the shared scalar
 search routines of :mod:`qviz.formats.ggml_search`. The fast twin is
-:mod:`qviz.kernels.numba.kquants_min`; both are byte-identical to ggml.
+:mod:`qviz.kernels.numba.gguf_k_min`; both are byte-identical to ggml.
 """
 from __future__ import annotations
 
@@ -31,7 +31,15 @@ import numpy.typing as npt
 
 from qviz.formats.ggml_search import make_qkx2_quants, make_qkx3_quants, make_qp_quants
 from qviz.formats.rounding import FP16_TABLE, fp16_bits, fp16_value, nearest_int_array
-from qviz.formats.spec import FORMATS, QK_K, Unpacked
+from qviz.formats.spec import FORMATS, FP16, QK_K, Unpacked, register_ggml
+
+# name, ggml_type, block size, bits, sub-block size; general.file_type (the _S mix); fields in order
+register_ggml(__name__, "Q2_K", 10, QK_K, 2, 16, file_type=10, fallback="Q4_0",
+              scales=QK_K // 16, qs=QK_K // 4, d=FP16, dmin=FP16)
+register_ggml(__name__, "Q4_K", 12, QK_K, 4, 32, file_type=14, fallback="Q5_0", twins=("numba", "torch"),
+              d=FP16, dmin=FP16, scales=12, qs=QK_K // 2)
+register_ggml(__name__, "Q5_K", 13, QK_K, 5, 32, file_type=16, fallback="Q5_1",
+              d=FP16, dmin=FP16, scales=12, qh=QK_K // 8, qs=QK_K // 2)
 
 f32 = np.float32
 

@@ -30,7 +30,13 @@ import numpy.typing as npt
 
 from qviz.formats.ggml_search import GROUP_MAX_EPS, make_q3_quants, make_qx_quants
 from qviz.formats.rounding import FP16_TABLE, fp16_bits
-from qviz.formats.spec import FORMATS, QK_K, Unpacked
+from qviz.formats.spec import FORMATS, FP16, QK_K, Unpacked, register_ggml
+
+# name, ggml_type, block size, bits, sub-block size; general.file_type (the _S mix); fields in order
+register_ggml(__name__, "Q3_K", 11, QK_K, 3, 16, file_type=11, fallback="Q4_0",
+              hmask=QK_K // 8, qs=QK_K // 4, scales=12, d=FP16)
+register_ggml(__name__, "Q6_K", 14, QK_K, 6, 16, file_type=18, fallback="Q8_0", twins=("numba", "torch"),
+              ql=QK_K // 2, qh=QK_K // 4, scales=QK_K // 16, d=FP16)
 
 F32 = np.float32
 SUB = 16  # weights per sub-block

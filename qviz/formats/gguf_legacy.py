@@ -47,7 +47,16 @@ import numpy.typing as npt
 
 from qviz.formats.ggml_search import best_index_int8, make_iq4nl_quants, make_qkx3_quants, make_qx_quants
 from qviz.formats.rounding import FP16_TABLE, fp16_bits, round_away_array
-from qviz.formats.spec import FORMATS, QK, Unpacked
+from qviz.formats.spec import FORMATS, FP16, QK, Unpacked, register_ggml
+
+# name, ggml_type, block size, bits, group size; general.file_type; fields in storage order
+register_ggml(__name__, "Q4_0", 2, QK, 4, QK, file_type=2, twins=("numba", "torch"), d=FP16, qs=QK // 2)
+register_ggml(__name__, "Q4_1", 3, QK, 4, QK, file_type=3, twins=("numba", "torch"),
+              d=FP16, m=FP16, qs=QK // 2)
+register_ggml(__name__, "Q5_0", 6, QK, 5, QK, file_type=8, d=FP16, qh=4, qs=QK // 2)
+register_ggml(__name__, "Q5_1", 7, QK, 5, QK, file_type=9, d=FP16, m=FP16, qh=4, qs=QK // 2)
+register_ggml(__name__, "Q8_0", 8, QK, 8, QK, file_type=7, twins=("numba", "torch"), d=FP16, qs=QK)
+register_ggml(__name__, "IQ4_NL", 20, QK, 4, QK, file_type=25, d=FP16, qs=QK // 2)
 
 F32 = np.float32
 

@@ -25,8 +25,8 @@ every add waits for the one before. Sub-blocks are independent, so here
   is ``rounding.nearest_int`` returning int32: compiled from the shared
   definition (``search.nearest_int``, int64) the lane loops ran 10-25% slower.
 
-numba's cache of ``kquants_min`` holds this module's code compiled in: after
-editing this file, delete ``qviz/kernels/numba/__pycache__/kquants_min*.nb*``.
+numba's cache of ``gguf_k_min`` holds this module's code compiled in: after
+editing this file, delete ``qviz/kernels/numba/__pycache__/gguf_k_min*.nb*``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Torch twins of the GGUF dequantizers: Q4_0, Q4_1, Q8_0, Q4_K, Q6_K.
 
-Same names and shapes as the numba kernels (:mod:`qviz.kernels.numba.legacy`,
-:mod:`~qviz.kernels.numba.kquants_min`, :mod:`~qviz.kernels.numba.kquants_sym`):
+Same names and shapes as the numba kernels (:mod:`qviz.kernels.numba.gguf_legacy`,
+:mod:`~qviz.kernels.numba.gguf_k_min`, :mod:`~qviz.kernels.numba.gguf_k_sym`):
 packed rows (n_rows, row_bytes) uint8 in, float32 (n_rows, n_cols) out, on the
 input's device. The block fields come from :data:`qviz.formats.spec.FORMATS`;
 the bit maps are drawn in the numpy references (``formats/gguf_*.py``).
