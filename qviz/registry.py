@@ -210,7 +210,8 @@ class Option:
             value = int(value)
         elif self.kind == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, _KINDS[self.kind]) or (self.kind != "bool" and isinstance(value, bool)):
+        wrong = not isinstance(value, _KINDS[self.kind]) or (self.kind != "bool" and isinstance(value, bool))
+        if wrong and (self.low is None and self.high is None):
             raise TypeError(f"{method}: {self.name}={value!r} must be {_an(self.kind)}"
                             f"{'' if not self.help else f' ({self.help})'}")
         if self.choices is not None:
@@ -218,7 +219,7 @@ class Option:
                 raise ValueError(f"{method}: {self.name}={value!r}; choose one of "
                                  f"{', '.join(map(repr, self.choices))}")
             return value
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+        if wrong or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             lo = "" if self.low is None else f"from {self.low:g} "
             hi = "" if self.high is None else f"to {self.high:g}"
             raise ValueError(f"{self.name}={value!r}: choose {_an(self.kind)} {lo}{hi}".rstrip())
