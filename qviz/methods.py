@@ -225,19 +225,60 @@ register_method(Method(
 
 # ----------------------------------------------------------------- quant types
 
-def check_imatrix(imatrix, n_cols: int) -> np.ndarray | None:
-    """Validate an importance vector: float32 (n_cols,), finite, >= 0."""
+def check_imatrix(imatrix, n_cols: int, name: str = "imatrix") -> np.ndarray | None:
+    """Validate an importance vector: float32 (n_cols,), finite, >= 0.
+
+    Raises
+    ------
+    TypeError
+        For values that are not numbers.
+    ValueError
+        For another shape than (n_cols,) (a (1, n_cols) or (16, 16) array is
+        refused, not flattened), NaN/Inf, or negative values.
+    """
     if imatrix is None:
         return None
-    im = np.ascontiguousarray(np.asarray(imatrix, dtype=np.float32)).reshape(-1)
-    if im.shape[0] != n_cols:
-        raise ValueError(f"imatrix has {im.shape[0]} values but the rows have {n_cols} columns; "
-                         f"pass one importance per input column")
-    check_finite(im[None, :], "imatrix")
+    a = np.asarray(imatrix)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold numbers (one importance per input column), got dtype "
+                        f"{a.dtype}; convert it with np.asarray(..., dtype=np.float32)")
+    if a.shape != (n_cols,):
+        raise ValueError(f"{name} has shape {a.shape}; pass a 1-D vector of {n_cols} importances, one per "
+                         f"input column (qviz.imatrix(x) makes one from activations)")
+    with np.errstate(over="ignore"):
+        im = np.ascontiguousarray(a, dtype=np.float32)
+    if np.isfinite(a).all() and not np.isfinite(im).all():
+        raise ValueError(f"{name} has values beyond float32's range (max {float(np.abs(a).max()):g}); "
+                         f"only relative importance matters: divide it by its maximum")
+    check_finite(im[None, :], name)
     if (im < 0).any():
-        raise ValueError(f"imatrix has {int((im < 0).sum())} negative values; importances are "
+        raise ValueError(f"{name} has {int((im < 0).sum())} negative values; importances are "
                          f"means of squared activations and must be >= 0")
     return im
+
+
+#: the largest finite fp16 value: a block's stored scale must fit
+FP16_MAX = 65504.0
+
+
+def first_overflowing_block(res: QuantResult, w: np.ndarray, block_size: int) -> tuple[int, int] | None:
+    """(row, column) where a block's fp16 scale overflowed, or None.
+
+    A block overflowed when its decoded scale or min is not finite, or (only
+    possible beyond fp16's range: Q3_K and Q6_K then store a zero scale) when
+    its largest decoded magnitude is under half the weight's largest there.
+    """
+    for p in (res.scales, res.mins):
+        if p is not None and not np.isfinite(p).all():
+            row, group = np.argwhere(~np.isfinite(p))[0]
+            return int(row), int(group) * res.group_size
+    if max(float(w.max()), -float(w.min())) <= FP16_MAX:
+        return None  # every scale is at most max|w|: nothing can overflow
+    n_rows, n_cols = w.shape
+    amax = np.abs(w).reshape(n_rows, -1, block_size).max(axis=2)  # (n_rows, n_blocks)
+    dmax = np.abs(res.dequantize()).reshape(n_rows, -1, block_size).max(axis=2)
+    lost = np.argwhere(dmax < amax / 2)
+    return None if not len(lost) else (int(lost[0][0]), int(lost[0][1]) * block_size)
 
 
 def resolve_type(name: str, n_cols: int, fallback: bool) -> str:
@@ -287,9 +328,25 @@ def quantize_type(w: np.ndarray, name: str, *, imatrix=None, backend: str = "num
     if im is None and t.requires_imatrix:
         raise ValueError(f"{t.name} needs an importance matrix (imatrix=, e.g. qviz.imatrix(x)); "
                          f"llama-quantize refuses to make it without one")
-    packed = t.function("quantize", backend)(w, im)
-    res = type_result(real, packed)
+    res = type_result(real, t.function("quantize", backend)(w, im))
+    bad = first_overflowing_block(res, w, t.block_size)
+    rescaled = False
+    if bad is not None and im is not None and im.max() > 0:
+        # ggml's search overflows float32 for huge importances; only their ratios matter
+        res = type_result(real, t.function("quantize", backend)(w, im / im.max()))
+        bad, rescaled = first_overflowing_block(res, w, t.block_size), True
+    if bad is not None:
+        row, col = bad
+        block = col // t.block_size
+        cols = slice(block * t.block_size, (block + 1) * t.block_size)
+        big = float(np.abs(w[row, cols]).max())
+        raise ValueError(f"{t.name}: row {row}, block {block} (columns {cols.start}..{cols.stop - 1}) "
+                         f"reaches |w| = {big:g}, so its scale would be beyond fp16's {FP16_MAX:g} "
+                         f"(inf/NaN or zeros when decoded); scale the weight down (and the scale up "
+                         f"elsewhere) or keep this tensor in F32")
     info = dict(res.info, imatrix=im is not None, backend=backend)
+    if rescaled:
+        info["imatrix_rescaled"] = True
     if real != name:
         info["requested"] = name
     return QuantResult(**{**res.__dict__, "info": info})
