@@ -305,18 +305,22 @@ class AWQQuantizer(_AffineQuantizer):
 
 def _gguf_type_name(quant_type) -> str:
     """The ggml type of an article constant (``GGUFQuantizer.Q4_K == 4``) or a type name."""
-    from qviz.formats.spec import FORMATS
+    from qviz import registry
 
+    names = [*registry.types(), *PLAIN_TYPES]
     if isinstance(quant_type, (int, np.integer)) and not isinstance(quant_type, bool):
         name = GGUF_TYPES.get(int(quant_type))
     elif isinstance(quant_type, str):
-        name = quant_type.upper() if quant_type.upper() in (*FORMATS, *PLAIN_TYPES) else None
+        try:  # exact, else a unique case-insensitive match
+            name = registry.resolve_name(quant_type, names, "quant type")
+        except ValueError:
+            name = None
     else:
         name = None
     if name is None:
         constants = ", ".join(f"{v}={k}" for k, v in GGUF_TYPES.items())
         raise ValueError(f"unknown quant_type {quant_type!r}; valid: the constants {constants} "
-                         f"(GGUFQuantizer.Q4_K, …) or a type name: {', '.join([*FORMATS, *PLAIN_TYPES])}")
+                         f"(GGUFQuantizer.Q4_K, …) or a type name: {', '.join(names)}")
     return name
 
 

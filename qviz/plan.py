@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qviz.formats.spec import FORMATS
+from qviz import registry
 
 #: frontier points kept per step of :func:`choose`; beyond it the frontier is thinned
 MAX_STATES = 4096
@@ -131,15 +131,22 @@ def exact_pattern(name: str) -> str:
 
 
 def _check_candidates(candidates) -> list[str]:
+    """The candidate types spelled as registered (every registered type by default)."""
+    known = registry.types()
     if candidates is None:
-        return list(FORMATS)
+        return list(known)
     if isinstance(candidates, str):
         candidates = [candidates]
     names = list(candidates)
-    bad = [c for c in names if c not in FORMATS]
-    if bad or not names:
-        raise ValueError(f"candidates {bad or names!r}: choose GGUF types from {', '.join(FORMATS)}")
-    return names
+    if not names:
+        raise ValueError(f"candidates {names!r}: choose GGUF types from {', '.join(known)}")
+    out = []
+    for c in names:
+        try:
+            out.append(registry.quant_type(c).name)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"candidates {c!r}: {e}") from None
+    return out
 
 
 def type_options(w, candidates=None, imatrix=None) -> list[Option]:
@@ -150,7 +157,7 @@ def type_options(w, candidates=None, imatrix=None) -> list[Option]:
     w : array_like, shape (n_rows, n_cols)
         The weight (float).
     candidates : list of str, optional
-        GGUF types (default: all of :data:`~qviz.formats.spec.FORMATS`). Each
+        GGUF types (default: every registered type, :func:`qviz.registry.types`). Each
         resolves to the type its rows really get (llama-quantize's fallback);
         one that fits neither way is left out, and so is a repeated type.
     imatrix : array_like, shape (n_cols,), optional
@@ -168,8 +175,9 @@ def type_options(w, candidates=None, imatrix=None) -> list[Option]:
     >>> [(o.type_name, o.n_bytes) for o in type_options(w, ["Q8_0", "Q4_K"])]
     [('Q8_0', 272), ('Q5_0', 176)]
     """
-    from qviz.api import check_imatrix, quantize, resolve_gguf_type
+    from qviz.api import quantize
     from qviz.arrays import as_weight
+    from qviz.methods import check_imatrix, resolve_type
 
     w = as_weight(w)
     im = check_imatrix(imatrix, w.shape[1])
@@ -177,7 +185,7 @@ def type_options(w, candidates=None, imatrix=None) -> list[Option]:
     options, seen = [], set()
     for name in _check_candidates(candidates):
         try:
-            real = resolve_gguf_type(name, w.shape[1], fallback=True)
+            real = resolve_type(name, w.shape[1], fallback=True)
         except ValueError:  # neither the type nor its fallback divides the rows
             continue
         if real in seen:
@@ -304,9 +312,9 @@ def named_weights(model, layers=None) -> dict:
 
 def _gguf_weights(f, tensors) -> tuple[dict, dict]:
     """The tensors of GGUF file ``f`` requantize would quantize -> (name -> weight, name -> type)."""
-    from qviz.io.gguf import _requested_type
+    from qviz.io.gguf_writer import requested_type
 
-    infos = [t for t in f.tensors if _requested_type(t, {"*": "F16"}) is not None]
+    infos = [t for t in f.tensors if requested_type(t, {"*": "F16"}) is not None]
     if tensors is not None:
         patterns = [tensors] if isinstance(tensors, str) else list(tensors)
         for p in patterns:
@@ -333,7 +341,7 @@ def suggest_types(model_or_gguf, target_bpw: float, imatrix=None, candidates=Non
         Importance vectors by tensor name; a tensor without one is measured
         (and quantized) unweighted.
     candidates : list of str, optional
-        GGUF types to choose from (default: all of FORMATS).
+        GGUF types to choose from (default: every registered type).
     tensors : str or list of str, optional
         fnmatch patterns of the tensors to plan (default: all); with a GGUF
         source the others keep their type.

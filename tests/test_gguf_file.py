@@ -22,7 +22,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
-from qviz.formats.spec import FORMATS, MODULES
+from qviz import registry
 from qviz.io.gguf import FILE_TYPES, GGUFError, read, requantize
 
 # ---------------------------------------------------------------------------
@@ -589,10 +589,10 @@ def test_requantize_progress_bar(f32_model, tmp_path, capsys):
     assert "requantize" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("type_name", list(FORMATS))
+@pytest.mark.parametrize("type_name", list(registry.types()))
 def test_requantize_every_format_equals_ggml(type_name, tmp_path):
-    pytest.importorskip(f"qviz.{MODULES[FORMATS[type_name].family][1]}",
-                        reason=f"the {type_name} kernel is not written yet")
+    t = registry.quant_type(type_name)
+    pytest.importorskip(t.module_of("numba") or t.module, reason=f"the {type_name} kernel is not written yet")
     from ggml_oracle import quantize as ggml_quantize
 
     x = np.random.default_rng(4).standard_normal((6, 512)).astype(np.float32)  # 512: every block divides
@@ -602,3 +602,78 @@ def test_requantize_every_format_equals_ggml(type_name, tmp_path):
     with read(tmp_path / "out.gguf") as f:
         np.testing.assert_array_equal(f.raw("blk.0.attn_q.weight"), ggml_quantize(type_name, x))
         assert f.metadata["general.file_type"] == int(FILE_TYPES[type_name])
+
+
+# ---------------------------------------------------------------------------
+# the registry decides what requantize writes and what general.file_type says
+
+
+def test_file_types_come_from_the_registry():
+    want = {n: t.file_type for n, t in registry.types().items() if t.file_type is not None}
+    assert dict(FILE_TYPES) == {**want, "F32": int(gguf.LlamaFileType.ALL_F32),
+                                "F16": int(gguf.LlamaFileType.MOSTLY_F16)}
+    assert FILE_TYPES["Q4_K"] == gguf.LlamaFileType.MOSTLY_Q4_K_S
+
+
+def test_requantize_takes_any_unique_spelling(f32_model, tmp_path):
+    got = requantize(f32_model, tmp_path / "out.gguf", {"*ffn_down*": "f16", "*": "q8_0"})
+    assert got["blk.0.attn_q.weight"] == "Q8_0" and got["blk.0.ffn_down.weight"] == "F16"
+    with pytest.raises(ValueError, match=r"types\['\*'\]: unknown type 'Q4K'; did you mean 'Q4_K'"):
+        requantize(f32_model, tmp_path / "out.gguf", "Q4K")
+    with pytest.raises(TypeError, match=r"types\['\*'\].*string"):
+        requantize(f32_model, tmp_path / "out.gguf", {"*": 4})
+
+
+# a toy type that gguf-py does not know: Q8_0's block under another name and ggml id,
+# implemented by the functions below (this module is the type's reference module)
+TOY = "Q8_TOY"
+
+
+def quantize_q8_toy(x, imatrix=None):
+    from qviz.formats.gguf_legacy import quantize_q8_0
+
+    return quantize_q8_0(x, imatrix)
+
+
+def dequantize_q8_toy(packed):
+    from qviz.formats.gguf_legacy import dequantize_q8_0
+
+    return dequantize_q8_0(packed)
+
+
+def unpack_q8_toy(packed):
+    from qviz.formats.gguf_legacy import unpack_q8_0
+
+    return unpack_q8_0(packed)
+
+
+@pytest.fixture
+def toy_type():
+    q8 = registry.quant_type("Q8_0")
+    t = registry.QuantType(TOY, 200, q8.block_size, q8.fields, q8.bits, q8.group_size,
+                           module=__name__, twins=(), file_type=None)
+    assert 200 not in {int(v) for v in T}  # gguf-py must not know it: the registry has to
+    registry.register_type(t)
+    yield t
+    registry.unregister(TOY)
+
+
+def test_requantize_writes_a_registered_type_gguf_py_lacks(tmp_path, toy_type, caplog):
+    src, dst = tmp_path / "f32.gguf", tmp_path / "toy.gguf"
+    w = gguf.GGUFWriter(str(src), "llama")
+    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    x = np.random.default_rng(5).standard_normal((4, 64)).astype(np.float32)
+    w.add_tensor("blk.0.attn_q.weight", x)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with caplog.at_level("WARNING", logger="qviz.io.gguf_writer"):
+        assert requantize(src, dst, "q8_toy") == {"blk.0.attn_q.weight": TOY}
+    assert "Q8_TOY holds most weights but has no general.file_type" in caplog.text
+    with read(dst) as f:
+        assert "general.file_type" not in f.metadata  # the F32 one would be wrong: left out
+        assert f.tensor("blk.0.attn_q.weight").type_name == TOY
+        q8 = gguf.quants.quantize(x, T.Q8_0)
+        np.testing.assert_array_equal(f.raw("blk.0.attn_q.weight"), q8)
+        np.testing.assert_array_equal(f.decode("blk.0.attn_q.weight"), dequantize_q8_toy(q8))
+        r = f.result("blk.0.attn_q.weight")
+        assert r.method == TOY and r.shape == (4, 64)
+        np.testing.assert_array_equal(r.dequantize(), f.decode("blk.0.attn_q.weight"))

@@ -121,7 +121,7 @@ def test_bad_input(rng):
         suggest_types(weights, 5, candidates=["Q4_K", "Q7_K"])
     with pytest.raises(ValueError, match=r"imatrix has entries for \['zz'\]"):
         suggest_types(weights, 5, imatrix={"zz": np.ones(4)})
-    with pytest.raises(ValueError, match="imatrix has 3 values"):
+    with pytest.raises(ValueError, match=r"imatrix has (3 values|shape \(3,\))"):
         suggest_types(weights, 5, imatrix={"a": np.ones(3)})
     with pytest.raises(ValueError, match="no candidate type fits the rows of \\['odd'\\]"):
         suggest_types({"odd": np.ones((2, 48), np.float32)}, 5)

@@ -1,0 +1,357 @@
+"""GGUF files out: ``requantize`` writes a copy with its weight matrices re-quantized.
+
+:func:`requantize` reads the source with :func:`qviz.io.gguf_reader.read`,
+decides a type per tensor (:func:`requested_type`, then the row-length
+fallback of llama-quantize), and writes a new file with gguf-py's
+``GGUFWriter``: every weight matrix re-quantized with :func:`qviz.quantize`,
+everything else (tensors and metadata) copied byte for byte. The types it
+writes are the registered quant types (:mod:`qviz.registry`) and the plain
+floats of :data:`FLOAT_TYPES`; ``general.file_type`` comes from the type
+records (:func:`file_type`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import gguf
+import numpy as np
+from gguf import GGUFValueType
+
+from qviz import registry
+from qviz.io.gguf_reader import GGUFFile, TensorInfo, read, storage_type
+from qviz.methods import resolve_type
+
+log = logging.getLogger(__name__)
+
+#: target types besides the registered quant types: plain floats, also used
+#: for rows no block divides
+FLOAT_TYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
+#: ``general.file_type`` of a file of plain floats (``LlamaFileType``)
+FLOAT_FILE_TYPES = {"F32": int(gguf.LlamaFileType.ALL_F32), "F16": int(gguf.LlamaFileType.MOSTLY_F16)}
+
+#: weights llama-quantize never quantizes (``llama_model_quantize_impl``,
+#: src/llama-quant.cpp): norms, MoE routers, positional and token-type
+#: embeddings, Mamba's conv1d, T5's relative position bias
+NEVER_QUANTIZED = ("*_norm.weight", "*ffn_gate_inp.weight", "position_embd.weight",
+                   "token_types.weight", "*ssm_conv1d.weight", "*attn_rel_b.weight")
+
+
+def type_names() -> list[str]:
+    """Every type :func:`requantize` writes: the registered quant types, then :data:`FLOAT_TYPES`."""
+    return [*registry.types(), *FLOAT_TYPES]
+
+
+def file_type(type_name: str) -> int | None:
+    """``general.file_type`` of a file mostly of ``type_name``, or None when it has none.
+
+    A quant type's comes from its record (:attr:`qviz.registry.QuantType.file_type`;
+    a K-quant maps to its ``_S`` mix, the one closest to a single type), a
+    float type's from :data:`FLOAT_FILE_TYPES`.
+
+    Examples
+    --------
+    >>> file_type("Q4_K"), file_type("F16")
+    (14, 1)
+    """
+    if type_name in FLOAT_FILE_TYPES:
+        return FLOAT_FILE_TYPES[type_name]
+    return registry.quant_type(type_name).file_type
+
+
+class _FileTypes(Mapping):
+    """Type name -> :func:`file_type`, for every type that has one; follows the registry."""
+
+    def _table(self) -> dict[str, int]:
+        return {n: ft for n in type_names() if (ft := file_type(n)) is not None}
+
+    def __getitem__(self, name: str) -> int:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return repr(self._table())
+
+
+#: the ``general.file_type`` of a file that is mostly one type (a live view of :func:`file_type`)
+FILE_TYPES: Mapping[str, int] = _FileTypes()
+
+
+class _Step(NamedTuple):
+    """What requantize does with one tensor."""
+
+    info: TensorInfo
+    type_name: str  # the type it gets
+    quantize: bool  # False: copied unchanged
+
+
+class _Encoded(bytes):
+    """A metadata value's bytes exactly as the source file stores them."""
+
+
+class _CopyingWriter(gguf.GGUFWriter):
+    """``GGUFWriter`` that writes :class:`_Encoded` values byte for byte.
+
+    Re-encoding would lose the element types of nested arrays and cannot
+    write empty arrays; a copy keeps every value exact.
+    """
+
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+        if isinstance(val, _Encoded):
+            return (self._pack("I", vtype) if add_vtype else b"") + val
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
+def check_types(types) -> dict[str, str]:
+    """``types`` as a pattern -> type mapping, each type spelled as registered.
+
+    Parameters
+    ----------
+    types : str or mapping of str to str
+        One type for every tensor, or fnmatch patterns -> types. A name
+        resolves exactly, else case-insensitively when that is unique.
+
+    Raises
+    ------
+    ValueError
+        For a type :func:`requantize` does not write, naming the closest ones.
+
+    Examples
+    --------
+    >>> check_types("q4_k"), check_types({"*ffn_down*": "Q6_K", "*": "f16"})
+    ({'*': 'Q4_K'}, {'*ffn_down*': 'Q6_K', '*': 'F16'})
+    """
+    if isinstance(types, str):
+        types = {"*": types}
+    if not isinstance(types, Mapping):
+        raise TypeError(f"types must be a type name such as 'Q4_K' or a mapping of name "
+                        f"patterns to type names, got {type(types).__name__}")
+    names, out = type_names(), {}
+    for pattern, name in types.items():
+        try:
+            out[pattern] = registry.resolve_name(name, names, "type")
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"types[{pattern!r}]: {e}") from None
+    return out
+
+
+def requested_type(info: TensorInfo, types: Mapping[str, str]) -> str | None:
+    """The type asked for tensor ``info``: the first matching pattern's, or None to copy it.
+
+    Only weight matrices are quantized: a tensor of two or more dimensions,
+    not empty, whose name ends in ``weight`` and matches none of
+    :data:`NEVER_QUANTIZED`.
+
+    Parameters
+    ----------
+    info : TensorInfo
+    types : mapping of str to str
+        fnmatch patterns of tensor names -> type names, first match wins.
+
+    Examples
+    --------
+    >>> info = TensorInfo("blk.0.attn_q.weight", "F32", (4, 64), 1024, 0)
+    >>> requested_type(info, {"*ffn*": "Q8_0", "*": "Q4_K"}), requested_type(info, {"*ffn*": "Q8_0"})
+    ('Q4_K', None)
+    """
+    if len(info.shape) < 2 or not info.n_elements or not info.name.endswith("weight"):
+        return None
+    if any(fnmatch.fnmatchcase(info.name, p) for p in NEVER_QUANTIZED):
+        return None
+    return next((t for p, t in types.items() if fnmatch.fnmatchcase(info.name, p)), None)
+
+
+def _real_type(tensor: str, name: str, n_cols: int, fallback: bool) -> str:
+    """The type rows of ``n_cols`` really get: ``name``, its fallback, or F16.
+
+    llama.cpp ``llama_tensor_get_type``: a row that is not a multiple of the
+    block gets the type's ``fallback``, and F16 when even that does not fit.
+    """
+    if name in FLOAT_TYPES:
+        return name
+    try:
+        return resolve_type(name, n_cols, fallback)
+    except ValueError as e:
+        if not fallback:
+            raise ValueError(f"tensor {tensor!r}: {e}") from None
+        return "F16"
+
+
+def _check_imatrix(src: GGUFFile, imatrix) -> dict[str, np.ndarray]:
+    """``imatrix`` as name -> float32 (n_cols,), each name a tensor of ``src``."""
+    if imatrix is None:
+        return {}
+    out = {}
+    for name, v in imatrix.items():
+        try:
+            n_cols = src.tensor(name).shape[-1]
+        except KeyError:
+            raise ValueError(f"imatrix has an entry for {name!r}, which is no tensor of "
+                             f"{src.path}") from None
+        v = np.asarray(v, dtype=np.float32)
+        if v.shape != (n_cols,):
+            raise ValueError(f"imatrix[{name!r}] has shape {v.shape}; that tensor's rows need "
+                             f"one importance per column, shape ({n_cols},)")
+        out[name] = v
+    return out
+
+
+def _plan(src: GGUFFile, types: dict[str, str], fallback: bool) -> list[_Step]:
+    steps = []
+    for info in src.tensors:
+        asked = requested_type(info, types)
+        if asked is None:
+            steps.append(_Step(info, info.type_name, False))
+        else:
+            steps.append(_Step(info, _real_type(info.name, asked, info.shape[-1], fallback), True))
+    return steps
+
+
+def _mostly(plan: list[_Step]) -> str | None:
+    """The type that holds most quantized weights, or None when nothing is quantized."""
+    weights: dict[str, int] = {}
+    for step in plan:
+        if step.quantize:
+            weights[step.type_name] = weights.get(step.type_name, 0) + step.info.n_elements
+    return max(weights, key=weights.get) if weights else None
+
+
+def _encode(src: GGUFFile, info: TensorInfo, type_name: str, imatrix) -> np.ndarray:
+    """Decode tensor ``info`` and store it as ``type_name`` -> uint8 (n_rows, row_bytes)."""
+    import qviz
+
+    w = src.decode(info.name).reshape(-1, info.shape[-1])  # (n_rows, n_cols)
+    if type_name in FLOAT_TYPES:
+        return w.astype(FLOAT_TYPES[type_name]).view(np.uint8)
+    return qviz.quantize(w, type_name, imatrix=imatrix).packed
+
+
+def _write_metadata(src: GGUFFile, plan: list[_Step], kv: dict, path: Path) -> None:
+    """Copy every metadata value of ``src`` into ``kv`` byte for byte; set the two keys requantize owns.
+
+    ``general.file_type`` names the type that holds most quantized weights.
+    When that type has no file type, the copied key would be wrong, so it is
+    dropped (llama.cpp then guesses the file type from the tensors) and a
+    warning is logged. With nothing quantized the source's key stays.
+    """
+    from gguf.gguf_writer import GGUFValue
+
+    for key in src.metadata:
+        vtype, raw = src.encoded(key)
+        kv[key] = GGUFValue(_Encoded(raw), vtype)
+    mostly = _mostly(plan)
+    ftype = None if mostly is None else file_type(mostly)
+    if ftype is not None:
+        kv["general.file_type"] = GGUFValue(ftype, GGUFValueType.UINT32)
+    elif mostly is not None:
+        kv.pop("general.file_type", None)
+        log.warning("%s: %s holds most weights but has no general.file_type (its QuantType "
+                    "sets none); the key is left out", path, mostly)
+    kv["general.quantization_version"] = GGUFValue(gguf.GGML_QUANT_VERSION, GGUFValueType.UINT32)
+
+
+def _write(src: GGUFFile, plan: list[_Step], path: Path, imatrix: dict, progress: bool) -> None:
+    """Write the planned tensors of ``src`` and its metadata to ``path``."""
+    from tqdm.auto import tqdm
+
+    arch = src.metadata.get("general.architecture")
+    writer = _CopyingWriter(path, arch if isinstance(arch, str) else "")
+    try:
+        writer.data_alignment = src.alignment
+        _write_metadata(src, plan, writer.kv_data[0], path)
+        for info, type_name, _ in plan:
+            st = storage_type(type_name)
+            # the element shape: with a raw_dtype, GGUFWriter takes a non-uint8 shape as is
+            writer.add_tensor_info(info.name, info.shape, np.dtype(np.float32),
+                                   info.n_elements // st.block_size * st.type_size,
+                                   raw_dtype=st.ggml_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for info, type_name, quantize in tqdm(plan, desc="requantize", unit="tensor",
+                                              disable=not progress):
+            data = (_encode(src, info, type_name, imatrix.get(info.name)) if quantize
+                    else src.tensor_bytes(info.name))
+            writer.write_tensor_data(data)
+    finally:
+        writer.close()
+
+
+def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=None,
+               fallback: bool = True, progress: bool = False) -> dict[str, str]:
+    """Write a copy of a GGUF file with its weight matrices re-quantized by qviz.
+
+    Every tensor of two or more dimensions whose name ends in ``weight`` is
+    decoded to float32 and quantized with :func:`qviz.quantize`, except those
+    llama-quantize never quantizes (:data:`NEVER_QUANTIZED`). Everything else
+    (1-D norms and biases, unmatched tensors) is copied byte for byte, as is
+    all metadata, tokenizer included. ``general.file_type`` names the type
+    that holds the most weights; ``general.quantization_version`` is ggml's.
+
+    Parameters
+    ----------
+    src, dst : path
+        Source and destination; they must differ. ``dst`` appears only when
+        complete (written to a temporary file in its folder, then renamed).
+    types : str or mapping of str to str
+        One type for all weight matrices (``"Q4_K"``), or fnmatch patterns of
+        tensor names mapped to types (``{"*ffn_down*": "Q6_K", "*": "Q4_K"}``);
+        the first matching pattern wins, unmatched tensors are copied. Types
+        are the registered quant types (:func:`qviz.registry.types`; a unique
+        case-insensitive spelling such as ``"q4_k"`` works too) or
+        ``"F16"``/``"F32"``.
+    imatrix : mapping of str to ndarray, shape (n_cols,), float32, optional
+        Importance vectors (llama.cpp imatrix) of tensors by name.
+    fallback : bool
+        For rows that are not a multiple of a type's block, use the type
+        llama-quantize falls back to (F16 when that does not fit either);
+        with False such a tensor raises ``ValueError`` before anything is
+        written.
+    progress : bool
+        Show a progress bar (tqdm).
+
+    Returns
+    -------
+    dict of str to str
+        Each tensor's name -> the type it really has in ``dst``.
+
+    Examples
+    --------
+    >>> import gguf, numpy as np, os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> src, dst = os.path.join(folder, "f32.gguf"), os.path.join(folder, "mixed.gguf")
+    >>> w = gguf.GGUFWriter(src, "llama")
+    >>> w.add_tensor("blk.0.attn_norm.weight", np.ones(64, dtype=np.float32))
+    >>> w.add_tensor("blk.0.attn_q.weight", np.ones((4, 64), dtype=np.float32))
+    >>> w.add_tensor("blk.0.ffn_down.weight", np.ones((4, 64), dtype=np.float32))
+    >>> w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    >>> requantize(src, dst, {"*ffn_down*": "Q8_0", "*": "Q4_K"})
+    {'blk.0.attn_norm.weight': 'F32', 'blk.0.attn_q.weight': 'Q5_0', 'blk.0.ffn_down.weight': 'Q8_0'}
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(src, dst)):
+        raise ValueError(f"dst {str(dst)!r} is the source file itself; requantize writes a "
+                         f"new file: choose another destination")
+    types = check_types(types)
+    with read(src) as f:
+        plan = _plan(f, types, fallback)
+        weights = _check_imatrix(f, imatrix)
+        # a fresh name beside dst (same file system, so the rename is atomic)
+        tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:12]}.part"
+        try:
+            _write(f, plan, tmp, weights, progress)
+            os.replace(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return {step.info.name: step.type_name for step in plan}
