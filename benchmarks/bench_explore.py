@@ -41,9 +41,9 @@ GOAL_MS = 250
 
 
 def _settings() -> dict:
-    from qviz.formats.spec import FORMATS
+    from qviz import registry
 
-    return {"RTN": ("rtn", {"bits": 4, "group_size": 128}), **{t: (t, {}) for t in FORMATS}}
+    return {"RTN": ("rtn", {"bits": 4, "group_size": 128}), **{t: (t, {}) for t in registry.types()}}
 
 
 def _ms(fn) -> float:
@@ -77,7 +77,7 @@ def _figure_numbers(ex) -> int:
 
 def bench_layer(size: int, repeats: int) -> None:
     import qviz
-    from qviz.plots.summary import summarize
+    from qviz.summary import summarize
     from qviz.widgets.explore import explore
 
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ per setting the metrics panel and the five figures of :func:`qviz.explore`
 the page opens offline; it is written to a temporary file and renamed.
 
 The layer, its activations and the settings are resolved as the widgets do
-(:mod:`qviz.widgets._layer`, which imports no ipywidgets).
+(:mod:`qviz.session`, which imports no ipywidgets).
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from pathlib import Path
 
 from qviz.plots import compare as compare_plots
 from qviz.plots import layer as layer_plots
-from qviz.widgets._layer import (METRIC_COLUMNS, error_key, fallback_note, measure,
-                                 needs_calibration, resolve, settings_of)
+from qviz.session import METRIC_COLUMNS, fallback_note, measure, rank, resolve_for, settings_of
 
 #: the settings of a report when none are given
 DEFAULT_METHODS = (("rtn", {"bits": 4, "group_size": 128}), ("rtn", {"bits": 3, "group_size": 128}),
@@ -51,7 +50,7 @@ def _section(s, layer, to_html) -> str:
     note = fallback_note(s.result)
     figures = [layer_plots.weight_histogram(s, row, group), layer_plots.scale_heatmap(s),
                layer_plots.error_map(s, (row, group)), layer_plots.error_histogram(s),
-               layer_plots.group_detail(s, layer.weight, row, group)]
+               layer_plots.group_detail(layer.group_detail(s, row, group))]
     cells = [layer_plots.metrics_html(s, layer.calibration)] + [to_html(f) for f in figures]
     head = f"<p class='note'>{html.escape(note)}</p>" if note else ""
     return head + "<div class='grid'>" + "".join(f"<div>{c}</div>" for c in cells) + "</div>"
@@ -93,23 +92,18 @@ def report(obj, path="report.html", methods=None, calib=None, *, weight=None,
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the folder {str(path.parent)!r} of {str(path)!r} does not exist")
     settings = settings_of(DEFAULT_METHODS if methods is None else methods)
-    wants = calib is not None or any(needs_calibration(s.method, s.kwargs) for s in settings)
-    layer, given = resolve(obj, calib, weight=weight, default_calib=wants)
+    layer, given = resolve_for(obj, settings, calib, weight=weight)
     if given is not None and given not in settings:
         settings.insert(0, given)
     outcomes = measure(layer, settings)
-    labels = [s.label for s in settings]
+    ranking = rank(layer, settings, outcomes)
     to_html = _Figures()
-    ok = [i for i, o in enumerate(outcomes) if not isinstance(o, str)]
-    key, name = error_key(layer)
-    parts = [compare_plots.table_html(labels, [o if isinstance(o, str) else o.metrics for o in outcomes],
-                                      METRIC_COLUMNS)]
-    if ok:
+    parts = [compare_plots.table_html(ranking.labels, ranking.rows, METRIC_COLUMNS)]
+    if ranking.points:
         parts.append(to_html(compare_plots.pareto_figure(
-            [labels[i] for i in ok], [outcomes[i].metrics["bits_per_weight"] for i in ok],
-            [outcomes[i].metrics.get(key, float("nan")) for i in ok], name)))
-    for i in ok:
-        parts.append(f"<h2>{html.escape(labels[i])}</h2>" + _section(outcomes[i], layer, to_html))
+            ranking.point_labels, ranking.bits_per_weight, ranking.error, ranking.error_name)))
+    for i in ranking.points:
+        parts.append(f"<h2>{html.escape(ranking.labels[i])}</h2>" + _section(outcomes[i], layer, to_html))
     title = title or f"qviz report: {layer.name}"
     acts = layer.calibration or "none (errors are weight errors)"
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import qviz
-from qviz.widgets import _layer
+from qviz import session
 from qviz.widgets.compare import compare
 from qviz.widgets.explore import VIEWS, explore
 
@@ -78,7 +78,7 @@ def test_cached_setting_is_not_quantized_again(ex, monkeypatch):
     ex.controls["method"].value = "Q5_K"
     first = ex.summary
     ex.controls["method"].value = "Q8_0"
-    monkeypatch.setattr(_layer, "quantize_setting", lambda *a: pytest.fail("quantized twice"))
+    monkeypatch.setattr(session, "quantize_setting", lambda *a: pytest.fail("quantized twice"))
     ex.controls["method"].value = "Q5_K"
     assert ex.summary is first
 
@@ -190,12 +190,12 @@ def test_default_activations_say_which(monkeypatch, rng):
     ex = explore(rng.standard_normal((8, 64)).astype(np.float32))
     assert "random-normal activations (128 × 64" in ex.header.value
     real = np.ones((5, 1536), np.float32)
-    monkeypatch.setattr(_layer, "_minilm_inputs", lambda: {"encoder.layer.0.output.dense": real})
+    monkeypatch.setattr(session, "_minilm_inputs", lambda: {"encoder.layer.0.output.dense": real})
     ex = explore("encoder.layer.0.output.dense", method="Q8_0")
     assert ex.layer.x.shape == (5, 1536) and "real inputs of this MiniLM layer" in ex.header.value
     # the very array qviz.demo.layer returned is recognised too
     assert explore(qviz.demo.layer("encoder.layer.0.output.dense"), method="Q8_0").layer.x is not None
-    assert _layer._demo_name(qviz.demo.layer("encoder.layer.0.output.dense")) == "encoder.layer.0.output.dense"
+    assert session._demo_name(qviz.demo.layer("encoder.layer.0.output.dense")) == "encoder.layer.0.output.dense"
 
 
 def test_bad_objects_and_options(w):

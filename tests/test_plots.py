@@ -5,7 +5,7 @@ import pytest
 import qviz
 from qviz.plots import compare as compare_plots
 from qviz.plots import layer as layer_plots
-from qviz.plots import summary
+from qviz import summary
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_symmetric_format_has_no_zero_grid(w, stats):
 
 
 def test_group_detail_draws_every_weight_and_its_error(w, q4k):
-    fig = layer_plots.group_detail(q4k, w, 11, 40)
+    fig = layer_plots.group_detail(summary.group_detail(q4k.result, w, 11, 40))
     levels, error, w_trace, w_hat = fig.data
     cols = np.arange(40 * 32, 41 * 32)
     np.testing.assert_array_equal(w_trace.x, cols)
@@ -195,7 +195,7 @@ def test_pareto_figure_and_table():
 
 def test_many_levels_draw_what_the_group_uses(w, stats):
     s = summary.summarize(qviz.quantize(w, "Q8_0"), w, stats)
-    fig = layer_plots.group_detail(s, w, 3, 2)
+    fig = layer_plots.group_detail(summary.group_detail(s.result, w, 3, 2))
     used = np.unique(s.result.dequantize()[3, 64:96])
     np.testing.assert_array_equal(np.array(fig.data[0].y[::3], float), used)
     assert "256 levels" in fig.layout.title.text

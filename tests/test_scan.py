@@ -138,7 +138,8 @@ def test_bad_input(weights):
     for bad in ([], "Q4_K", ("Q4_K",), None):
         with pytest.raises(TypeError, match="settings must be a non-empty list"):
             scan(weights, bad)
-    with pytest.raises(ValueError, match="unknown method 'Q7_K'; valid methods: rtn, gptq"):
+    # the registry's error: the unknown name, the closest names, then every valid one
+    with pytest.raises(ValueError, match="unknown method 'Q7_K'; did you mean 'Q6_K'.* valid methods: rtn, gptq"):
         scan(weights, ["Q4_K", "Q7_K"])
     with pytest.raises(TypeError, match=r"pair \(method, options dict\)"):
         scan(weights, [("rtn", 4)])

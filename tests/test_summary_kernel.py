@@ -1,4 +1,4 @@
-"""The numba summary kernels against the numpy definitions in qviz.plots.summary."""
+"""The numba summary kernels against the numpy definitions in qviz.summary."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -7,7 +7,7 @@ from hypothesis.extra.numpy import arrays
 
 import qviz
 from qviz.kernels.numba import summary as kernel
-from qviz.plots import summary
+from qviz import summary
 
 
 def edge_values(edges):

@@ -14,7 +14,7 @@ import html
 import numpy as np
 import plotly.graph_objects as go
 
-from qviz.plots.layer import _LAYOUT, OKABE_ITO
+from qviz.plots.layer import LAYOUT, OKABE_ITO
 
 
 def pareto_front(bits_per_weight, error) -> np.ndarray:
@@ -72,7 +72,8 @@ def pareto_figure(labels, bits_per_weight, error, error_name: str) -> go.Figure:
         go.Scatter(name="Pareto front", x=b[front], y=e[front], mode="lines", hoverinfo="skip",
                    line=dict(color=OKABE_ITO["orange"], width=2, dash="dash")),
     ])
-    fig.update_layout(**{**_LAYOUT, "height": 420, "width": 700}, title="Size against error (click a point to explore it)",
+    fig.update_layout(**{**LAYOUT, "height": 420, "width": 700},
+                      title="Size against error (click a point to explore it)",
                       xaxis_title="bits per weight", yaxis=dict(title=f"{error_name} (log)", type="log"))
     return fig
 

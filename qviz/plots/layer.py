@@ -1,14 +1,17 @@
-"""Figures of one quantized layer: pure functions, LayerSummary -> plotly Figure.
+"""Figures of one quantized layer: pure functions, decoded numbers -> plotly Figure.
 
-Every function here draws from a :class:`~qviz.plots.summary.LayerSummary`
-(bins, per-group errors, metrics; never raw points) and returns a new
+Every function here draws from a :class:`~qviz.summary.LayerSummary`
+(bins, per-group errors, metrics; never raw points) or, for one group, a
+:class:`~qviz.summary.GroupDetail` (its weights, decoded weights and levels).
+Nothing here decodes. Each returns a new
 ``go.Figure`` whose traces are the same in number and kind for every
 setting (a trace's index means the same thing in every drawing).
 
 Colours are Okabe–Ito (colour-blind safe), heatmaps viridis / cividis.
 
 >>> import qviz
->>> from qviz.plots import layer, summary
+>>> from qviz import summary
+>>> from qviz.plots import layer
 >>> w = qviz.demo.layer("encoder.layer.0.output.dense")
 >>> s = summary.summarize(qviz.quantize(w, "Q4_K"), w)
 >>> fig = layer.weight_histogram(s, *s.worst_group)
@@ -24,7 +27,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from qviz.metrics import model_memory
-from qviz.plots.summary import LayerSummary, decode_rows, group_columns, pool
+from qviz.summary import GroupDetail, LayerSummary, pool
 
 #: Okabe & Ito (2008), "Color Universal Design": safe for the common colour-vision deficiencies.
 OKABE_ITO = {
@@ -36,7 +39,8 @@ HEIGHT = 330
 WIDTH = 470
 #: the plotly template widgets and reports apply once (figures leave it unset: setting it costs ~10 ms)
 TEMPLATE = "plotly_white"
-_LAYOUT = dict(height=HEIGHT, width=WIDTH, margin=dict(l=60, r=20, t=60, b=50),
+#: the layout every figure of a layer shares (size, margins, legend on top)
+LAYOUT = dict(height=HEIGHT, width=WIDTH, margin=dict(l=60, r=20, t=60, b=50),
                legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
 #: more levels than this are drawn as a rug, not as lines across the histogram
 MANY_LEVELS = 32
@@ -99,7 +103,7 @@ def weight_histogram(s: LayerSummary, row: int, group: int) -> go.Figure:
     n_bins = len(s.weight_hist.counts)
     lo, hi = s.weight_hist.edges[0], s.weight_hist.edges[-1]
     fig.update_layout(
-        **_LAYOUT, barmode="overlay", bargap=0,
+        **LAYOUT, barmode="overlay", bargap=0,
         title=(f"Weights, {n_bins} bins on [{lo:.3g}, {hi:.3g}]"
                f"<br><sup>{len(levels)} levels of row {row}, group {group}</sup>"),
         xaxis_title="weight value", yaxis=dict(title="weights per bin (count, log)", type="log"))
@@ -154,7 +158,7 @@ def scale_heatmap(s: LayerSummary) -> go.Figure:
         zm, _ = _heatmap(second, "mean", "Viridis", 1.0, "zero/min", "zero/min", n_rows, n_groups)
         fig.add_trace(zm, 1, 2)
     # one line: the subplot titles sit where a second line would
-    fig.update_layout(**_LAYOUT, title=f"Per-group parameters of {r.method}" + (f", {note}" if note else ""))
+    fig.update_layout(**LAYOUT, title=f"Per-group parameters of {r.method}" + (f", {note}" if note else ""))
     fig.update_xaxes(title_text=f"group ({r.group_size} columns)")
     fig.update_yaxes(autorange="reversed")
     fig.update_yaxes(title_text="output row", row=1, col=1)
@@ -184,7 +188,7 @@ def error_map(s: LayerSummary, selected: tuple[int, int] | None = None) -> go.Fi
     fig = go.Figure([heat, go.Scatter(
         name="selected", x=sx, y=sy, mode="markers", hoverinfo="skip", showlegend=False,
         marker=dict(symbol="circle-open", size=14, color=OKABE_ITO["vermillion"], line_width=3))])
-    fig.update_layout(**_LAYOUT, title=f"Mean |W − Ŵ| per group<br><sup>{note + '; ' if note else ''}"
+    fig.update_layout(**LAYOUT, title=f"Mean |W − Ŵ| per group<br><sup>{note + '; ' if note else ''}"
                                        "click a cell</sup>",
                       xaxis_title=f"group ({s.result.group_size} columns)",
                       yaxis=dict(title="output row", autorange="reversed"))
@@ -203,21 +207,20 @@ def error_histogram(s: LayerSummary) -> go.Figure:
     fig = go.Figure([go.Bar(name="W − Ŵ", x=h.centers, y=h.counts, width=h.width,
                             marker_color=OKABE_ITO["blue"],
                             hovertemplate="%{x:.3g}: %{y} weights<extra></extra>")])
-    fig.update_layout(**_LAYOUT, bargap=0, title="Rounding error of every weight",
+    fig.update_layout(**LAYOUT, bargap=0, title="Rounding error of every weight",
                       xaxis_title="W − Ŵ (weight units)",
                       yaxis=dict(title="weights per bin (count, log)", type="log"))
     return fig
 
 
-def group_detail(s: LayerSummary, w: np.ndarray, row: int, group: int) -> go.Figure:
+def group_detail(d: GroupDetail) -> go.Figure:
     """One group's weights against its levels, each weight's rounding error drawn.
 
     Parameters
     ----------
-    s : LayerSummary
-    w : ndarray, shape (n_rows, n_cols), float32
-        The original weight.
-    row, group : int
+    d : GroupDetail
+        The group's levels, columns, weights and decoded weights
+        (:func:`qviz.summary.group_detail`).
 
     Returns
     -------
@@ -226,11 +229,7 @@ def group_detail(s: LayerSummary, w: np.ndarray, row: int, group: int) -> go.Fig
         than MANY_LEVELS levels only those the group uses), ``error`` (vertical
         segments from w to ŵ), ``w`` and ``ŵ`` (markers at the columns).
     """
-    r = s.result
-    levels = r.levels(row, group)
-    cols = group_columns(r, group)
-    w_g = w[row, cols]
-    dq_g = decode_rows(r, row, row + 1)[0, cols]
+    levels, cols, w_g, dq_g = d.levels, d.columns, d.w, d.w_hat
     drawn = levels if len(levels) <= MANY_LEVELS else np.unique(dq_g)
     x0, x1 = float(cols[0]) - 0.5, float(cols[-1]) + 0.5
     lx, ly = _segments(x0, x1, drawn, drawn)  # horizontal lines at the levels
@@ -248,8 +247,8 @@ def group_detail(s: LayerSummary, w: np.ndarray, row: int, group: int) -> go.Fig
                    marker=dict(color=OKABE_ITO["vermillion"], size=7, symbol="diamond")),
     ])
     fig.update_layout(
-        **_LAYOUT,
-        title=(f"Row {row}, group {group}: {len(cols)} weights, {len(levels)} levels"
+        **LAYOUT,
+        title=(f"Row {d.row}, group {d.group}: {len(cols)} weights, {len(levels)} levels"
                f"<br><sup>{'' if drawn is levels else f'{len(drawn)} used drawn; '}"
                f"mean |w − ŵ| = {float(np.abs(err).mean()):.3g}</sup>"),
         xaxis_title="input column", yaxis_title="weight value")

@@ -11,8 +11,7 @@ import html
 import ipywidgets as widgets
 
 from qviz.plots import compare as compare_plots
-from qviz.widgets._layer import (METRIC_COLUMNS, Layer, Setting, error_key, measure,
-                                 needs_calibration, resolve, settings_of)
+from qviz.session import METRIC_COLUMNS, Layer, Setting, measure, rank, resolve_for, settings_of
 from qviz.widgets.explore import Explorer
 from qviz.widgets.figure import FigureView
 
@@ -26,7 +25,7 @@ class Comparison(widgets.VBox):
     settings : list of Setting
         In the order given.
     outcomes : list
-        Per setting, its :class:`~qviz.plots.summary.LayerSummary` or the
+        Per setting, its :class:`~qviz.summary.LayerSummary` or the
         error message it raised.
     points : list of int
         Point ``i`` of the plot is ``settings[points[i]]`` (failed settings
@@ -44,16 +43,11 @@ class Comparison(widgets.VBox):
         self.layer = layer
         self.settings = settings
         self.outcomes = measure(layer, settings)
-        self.points = [i for i, o in enumerate(self.outcomes) if not isinstance(o, str)]
-        key, name = error_key(layer)
-        labels = [s.label for s in settings]
-        self.table = widgets.HTML(compare_plots.table_html(
-            labels, [o if isinstance(o, str) else o.metrics for o in self.outcomes], METRIC_COLUMNS))
-        fig = compare_plots.pareto_figure(
-            [labels[i] for i in self.points],
-            [self.outcomes[i].metrics["bits_per_weight"] for i in self.points],
-            [self.outcomes[i].metrics.get(key, float("nan")) for i in self.points], name)
-        self.figure = FigureView(fig)
+        ranking = rank(layer, settings, self.outcomes)
+        self.points = ranking.points
+        self.table = widgets.HTML(compare_plots.table_html(ranking.labels, ranking.rows, METRIC_COLUMNS))
+        self.figure = FigureView(compare_plots.pareto_figure(
+            ranking.point_labels, ranking.bits_per_weight, ranking.error, ranking.error_name))
         self.figure.on_click(self._on_click)
         self.detail = widgets.VBox()
         self.explorer = None
@@ -109,6 +103,5 @@ def compare(obj, methods, calib=None, *, weight=None) -> Comparison:
     [4.5, 8.5, 3.148]
     """
     settings = settings_of(methods)
-    wants = calib is not None or any(needs_calibration(s.method, s.kwargs) for s in settings)
-    layer, _ = resolve(obj, calib, weight=weight, default_calib=wants)
+    layer, _ = resolve_for(obj, settings, calib, weight=weight)
     return Comparison(layer, settings)

@@ -2,7 +2,7 @@
 
 The widget is state plus render. Its state is the values of its controls
 (method and the method's options) and the selected group (row, group); one
-``_update()`` turns the controls into a :class:`~qviz.widgets._layer.Setting`,
+``_update()`` turns the controls into a :class:`~qviz.session.Setting`,
 asks the layer for that setting's summary (quantized through ``qviz.quantize``
 once per setting, then cached) and redraws every view from the pure functions
 of :mod:`qviz.plots.layer` onto its :class:`~qviz.widgets.figure.FigureView` s.
@@ -17,10 +17,10 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from qviz.plots import layer as layer_plots
-from qviz.plots.summary import block_shape, worst_in_block
-from qviz.widgets import _controls
+from qviz.session import Layer, Setting, fallback_note, method_options, resolve
+from qviz.summary import block_shape, worst_in_block
+from qviz.widgets import controls
 from qviz.widgets.figure import FigureView
-from qviz.widgets._layer import Layer, Setting, fallback_note, method_options, resolve
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,13 @@ class Explorer(widgets.VBox):
         self.row, self.group = 0, 0
         self._busy = False
         self.header = widgets.HTML(self._header_html())
-        self.controls = {"method": _controls.method_control(setting.method),
-                         **_controls.all_option_controls()}
+        self.controls = {"method": controls.method_control(setting.method),
+                         **controls.all_option_controls()}
         self.controls["row"] = widgets.BoundedIntText(description="row", min=0, max=layer.shape[0] - 1,
-                                                      style=_controls._STYLE,
+                                                      style=controls.STYLE,
                                                       layout=widgets.Layout(width="150px"))
         self.controls["group"] = widgets.BoundedIntText(description="group", min=0, max=0,
-                                                        style=_controls._STYLE,
+                                                        style=controls.STYLE,
                                                         layout=widgets.Layout(width="150px"))
         self.message = widgets.HTML()
         self.message.add_class("qviz-message")
@@ -140,7 +140,7 @@ class Explorer(widgets.VBox):
                 if control is None:
                     continue
                 if isinstance(control, widgets.Dropdown):
-                    _controls.offer(control, value)
+                    controls.offer(control, value)
                 control.value = value
         finally:
             self._busy = False
@@ -175,7 +175,7 @@ class Explorer(widgets.VBox):
         """Controls → setting → (cached) summary → every view."""
         options = {k: c for k, c in self.controls.items() if k not in ("method", "row", "group")}
         method = self.controls["method"].value
-        _controls.show_only(options, method_options(method) if self.layer.has_weight else ())
+        controls.show_only(options, method_options(method) if self.layer.has_weight else ())
         label = method
         try:
             setting = self._current_setting()
@@ -229,7 +229,7 @@ class Explorer(widgets.VBox):
             return layer_plots.error_map(s, sel)
         if name == "error_histogram":
             return layer_plots.error_histogram(s)
-        return layer_plots.group_detail(s, self.layer.weight, *sel)
+        return layer_plots.group_detail(self.layer.group_detail(s, *sel))
 
     def _render(self, views) -> None:
         """Redraw ``views``; one view's exception is shown under it and spares the rest."""

@@ -2,7 +2,7 @@
 
 State: the file, the picked tensor and the type to requantize it to. Views
 come from :class:`TensorViews`, which calls :func:`qviz.quantize` and
-:func:`qviz.plots.summary.summarize` and keeps the last few results; the
+:func:`qviz.summary.summarize` and keeps the last few results; the
 figures are the functions of :mod:`qviz.plots.layer`. Callbacks only set state
 and redraw; a failure shows as a message inside the widget.
 """
@@ -17,12 +17,12 @@ from typing import NamedTuple
 import ipywidgets as widgets
 import numpy as np
 
+from qviz import registry
 from qviz.api import quantize
-from qviz.formats.spec import FORMATS, layout
 from qviz.io import demo, gguf
 from qviz.plots.layer import metrics_html, scale_heatmap, weight_histogram
-from qviz.plots.summary import summarize, weight_stats
-from qviz.widgets._layer import fallback_note
+from qviz.session import fallback_note
+from qviz.summary import summarize, weight_stats
 from qviz.widgets.figure import FigureView
 
 #: tensors whose views are kept (decoded weights and summaries)
@@ -35,14 +35,14 @@ class Stored(NamedTuple):
     """One tensor as the file stores it."""
 
     weight: np.ndarray  # decoded, float32, (n_rows, n_cols) or 1-D
-    stats: object  # qviz.plots.summary.WeightStats of a matrix, or None
+    stats: object  # qviz.summary.WeightStats of a matrix, or None
     summary: object  # LayerSummary of the stored blocks, or None
 
 
 class Requantized(NamedTuple):
     """One tensor stored as another type, measured against its decoded weights."""
 
-    summary: object  # qviz.plots.summary.LayerSummary
+    summary: object  # qviz.summary.LayerSummary
     requested: str
     note: str  # which fallback applied, or ""
 
@@ -91,7 +91,7 @@ class TensorViews:
         """Tensor ``name`` decoded, its weight statistics, and its stored blocks summarized.
 
         ``stats`` is None for 1-D tensors; ``summary`` is None for those and for
-        types outside FORMATS (F32, F16, …).
+        types the registry does not know (F32, F16, …).
         """
         if name in self._stored:
             self._stored.move_to_end(name)
@@ -101,7 +101,7 @@ class TensorViews:
         w = w.reshape(-1, info.shape[-1]) if w.ndim > 1 else w
         stats = weight_stats(w) if w.ndim == 2 else None
         summary = None
-        if info.type_name in FORMATS and stats is not None:
+        if info.type_name in registry.TYPES and stats is not None:
             summary = summarize(self.f.result(name), w, stats)
         return self._remember(self._stored, name, Stored(w, stats, summary))
 
@@ -128,7 +128,7 @@ class TensorViews:
 
 
 def _first_tensor(f) -> str:
-    blocks = [t for t in f.tensors if t.type_name in FORMATS and len(t.shape) == 2]
+    blocks = [t for t in f.tensors if t.type_name in registry.TYPES and len(t.shape) == 2]
     small = [t for t in blocks if t.n_elements <= FIRST_TENSOR_MAX]
     return (small or blocks or f.tensors)[0].name
 
@@ -180,7 +180,7 @@ class GGUFExplorer(widgets.VBox):
         self.tensors = widgets.Select(options=self.labels, value=tensor or _first_tensor(f), rows=12,
                                       layout=widgets.Layout(width="100%"))
         self.tensors.add_class("qviz-gguf-tensors")
-        self.type = widgets.Dropdown(options=list(FORMATS), value=type_name,
+        self.type = widgets.Dropdown(options=list(registry.types()), value=type_name,
                                      description="requantize to", style={"description_width": "initial"})
         self.tensor_info = widgets.HTML()
         self.metrics = widgets.HTML()
@@ -266,7 +266,7 @@ def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K") -> GG
         The tensor shown first (default: the first block-quantized matrix of
         at most 4M weights).
     type : str
-        The type to requantize to first, one of :data:`~qviz.formats.spec.FORMATS`.
+        The type to requantize to first, a name of :func:`qviz.registry.types`.
 
     Returns
     -------
@@ -289,7 +289,7 @@ def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K") -> GG
     >>> "Q6_K → Q8_0" in ex.metrics.value
     True
     """
-    layout(type)  # an unknown type -> ValueError listing the valid ones
+    type = registry.resolve_name(type, registry.types(), "GGUF type")  # ValueError: the closest names
     f = gguf.read(demo.smollm2_gguf() if path is None else path)
     if tensor is not None:
         f.tensor(tensor)  # KeyError naming the closest names

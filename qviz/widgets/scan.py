@@ -89,14 +89,14 @@ class ScanResult:
 
 
 def check_settings(settings) -> list:
-    """Normalize ``settings`` to :class:`~qviz.widgets._layer.Setting` s (the explorers' own).
+    """Normalize ``settings`` to :class:`~qviz.session.Setting` s (the explorers' own).
 
     Raises
     ------
     TypeError, ValueError
         For a malformed item, an unknown method or option, or a repeated setting.
     """
-    from qviz.widgets._layer import Setting
+    from qviz.session import Setting
 
     if isinstance(settings, (str, tuple)) or not isinstance(settings, Sequence) or not settings:
         raise TypeError(f"settings must be a non-empty list such as ['Q4_K', ('rtn', "
@@ -115,9 +115,9 @@ def measure(w: np.ndarray, setting, x: np.ndarray | None = None) -> dict:
     Parameters
     ----------
     w : ndarray, shape (n_out, n_in), float32
-    setting : qviz.widgets._layer.Setting
-        Quantized as the explorers do (:func:`~qviz.widgets._layer.quantize_setting`):
-        GGUF types with llama-quantize's fallback, calibrated methods (and an
+    setting : qviz.session.Setting
+        Quantized as the explorers do (:func:`~qviz.session.quantize_setting`):
+        quant types with llama-quantize's fallback, calibrated methods (and an
         imatrix) from ``x``.
     x : ndarray, shape (n_samples, n_in), float32, optional
         The layer's inputs.
@@ -131,28 +131,28 @@ def measure(w: np.ndarray, setting, x: np.ndarray | None = None) -> dict:
     Examples
     --------
     >>> import numpy as np
-    >>> from qviz.widgets._layer import Setting
+    >>> from qviz.session import Setting
     >>> w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     >>> cell = measure(w, Setting.of("Q4_K"))
     >>> cell["type"], cell["bits_per_weight"]
     ('Q5_0', 5.5)
     """
     from qviz.metrics import summary
-    from qviz.widgets._layer import quantize_setting
+    from qviz.session import quantize_setting
 
     r = quantize_setting(w, setting, x)
     return {"type": r.method, **summary(r, w, x)}
 
 
 def _skip_reason(setting, w: np.ndarray) -> str | None:
-    """Why ``setting`` cannot store ``w`` (a GGUF type its rows do not fit), or None."""
-    from qviz.api import resolve_gguf_type
-    from qviz.formats.spec import FORMATS
+    """Why ``setting`` cannot store ``w`` (a quant type its rows do not fit), or None."""
+    from qviz import registry
+    from qviz.methods import resolve_type
 
-    if setting.method not in FORMATS:
+    if registry.method(setting.method).quant_type is None:
         return None
     try:
-        resolve_gguf_type(setting.method, w.shape[1], fallback=True)
+        resolve_type(setting.method, w.shape[1], fallback=True)
     except ValueError as e:
         return str(e)
     return None
@@ -292,7 +292,7 @@ def scan(model, settings, client=None, calib=None, *, layers=None, progress: boo
     from tqdm.auto import tqdm
 
     from qviz.plan import named_weights
-    from qviz.widgets._layer import needs_calibration
+    from qviz.session import needs_calibration
 
     settings = check_settings(settings)
     if client is not None:

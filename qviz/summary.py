@@ -1,13 +1,16 @@
-"""The numbers behind the layer figures: histograms, per-group errors, pooled grids.
+"""Results → numbers: the histograms, per-group errors and pooled grids the layer figures draw.
 
-No plotly. A figure never receives raw weights: :func:`summarize`
-reduces one :class:`~qviz.result.QuantResult` against its original weight to
-a :class:`LayerSummary` of bins, per-group errors and metrics, once per
-setting; the figures of :mod:`qviz.plots.layer` draw from it. Everything a
-summary keeps is bounded by the number of bins and groups, not weights.
+No plotly. A figure never receives raw weights and never decodes:
+:func:`summarize` reduces one :class:`~qviz.result.QuantResult` against its
+original weight to a :class:`LayerSummary` of bins, per-group errors and
+metrics, once per setting, and :func:`group_detail` picks out one group's
+weights, decoded weights and levels; the figures of :mod:`qviz.plots.layer`
+draw from those. Everything a summary keeps is bounded by the number of bins
+and groups, not weights.
 
-The weight is decoded by numba's kernels (GGUF types, plain affine results)
-or by ``QuantResult.dequantize`` in chunks of rows, into one float32 matrix
+The weight is decoded by numba's kernels (a registered quant type's
+``dequantize_<type>`` twin, plain affine results) or by
+``QuantResult.dequantize`` in chunks of rows, into one float32 matrix
 that then becomes the error ``W − Ŵ`` in place: the temporary memory is one
 weight-sized matrix plus at most a chunk. The passes over the weights run in
 numba (:mod:`qviz.kernels.numba.summary`); :func:`histogram` and
@@ -16,13 +19,12 @@ numba (:mod:`qviz.kernels.numba.summary`); :func:`histogram` and
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from qviz.formats.spec import FORMATS, MODULES
+from qviz import registry
 from qviz.kernels.numba.buffers import float_output
 from qviz.result import QuantResult
 
@@ -194,6 +196,16 @@ def _affine(result: QuantResult) -> bool:
         p is None for p in (result.mins, result.codebook, result.g_idx, result.input_scale))
 
 
+def _type_kernel(result: QuantResult) -> Callable | None:
+    """The numba ``dequantize_<type>(packed, out)`` of a result holding a registered type's bytes, or None."""
+    if result.packed is None or result.method not in registry.TYPES:
+        return None
+    t = registry.quant_type(result.method)
+    if t.module_of("numba") is None:  # the reference's dequantize takes no out=
+        return None
+    return t.function("dequantize", "numba")
+
+
 def decode_all(result: QuantResult, out: np.ndarray | None = None) -> np.ndarray:
     """All rows dequantized, float32 (n_rows, n_cols): into ``out`` when given, else a new array.
 
@@ -201,7 +213,7 @@ def decode_all(result: QuantResult, out: np.ndarray | None = None) -> np.ndarray
     otherwise chunk by chunk, so numpy's temporaries stay the size of a chunk.
     """
     n_rows, n_cols = result.shape
-    if (result.packed is not None and result.method in FORMATS) or _affine(result):
+    if _type_kernel(result) is not None or _affine(result):
         return decode_rows(result, 0, n_rows, out)
     out = float_output((n_rows, n_cols), out)
     step = _row_step(n_cols)
@@ -213,17 +225,17 @@ def decode_all(result: QuantResult, out: np.ndarray | None = None) -> np.ndarray
 def decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
     """Dequantized rows ``start:stop``, float32 (stop - start, n_cols), into ``out`` when given.
 
-    GGUF types decode their packed bytes with the numba kernel (bit-identical
-    to ``QuantResult.dequantize`` and ggml's to_float), plain affine results
+    Registered quant types decode their packed bytes with their numba twin
+    (``registry.quant_type(name).function("dequantize", "numba")``,
+    bit-identical to ``QuantResult.dequantize`` and ggml's to_float), plain affine results
     (RTN, GPTQ without act-order) with numba's ``scale * (code - zero)``, the
     rest, and a few rows of any (where starting the kernel's threads costs
     more than it saves), through ``QuantResult.dequantize`` of the rows.
     """
     few = (stop - start) * result.shape[1] < FEW
-    if result.packed is not None and result.method in FORMATS and not few:
-        kernel = importlib.import_module(f"qviz.{MODULES[FORMATS[result.method].family][1]}")
-        packed = np.ascontiguousarray(result.packed[start:stop])
-        return getattr(kernel, f"dequantize_{result.method.lower()}")(packed, out)
+    kernel = None if few else _type_kernel(result)
+    if kernel is not None:
+        return kernel(np.ascontiguousarray(result.packed[start:stop]), out)
     part = rows_of(result, start, stop)
     if _affine(result) and not few:
         from qviz.kernels.numba.rtn import dequantize
@@ -245,6 +257,48 @@ def group_columns(result: QuantResult, group: int) -> np.ndarray:
         return np.flatnonzero(result.g_idx == group)
     g = result.group_size
     return np.arange(group * g, min((group + 1) * g, result.shape[1]))
+
+
+class GroupDetail(NamedTuple):
+    """One group of one row, decoded: what :func:`qviz.plots.layer.group_detail` draws.
+
+    row, group : int
+    levels : float32 (n_levels,)      every value the group's codes can decode to, ascending
+    columns : int64 (n,)              the group's input columns, ascending
+    w : float32 (n,)                  the original weights at those columns
+    w_hat : float32 (n,)              their dequantized values
+    """
+
+    row: int
+    group: int
+    levels: np.ndarray
+    columns: np.ndarray
+    w: np.ndarray
+    w_hat: np.ndarray
+
+
+def group_detail(result: QuantResult, w: np.ndarray, row: int, group: int) -> GroupDetail:
+    """The weights of group ``group`` of row ``row``, their decoding and the group's levels.
+
+    Parameters
+    ----------
+    result : QuantResult
+    w : ndarray, shape result.shape, float32
+        The original weight.
+    row, group : int
+
+    Examples
+    --------
+    >>> import numpy as np, qviz
+    >>> w = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    >>> d = group_detail(qviz.quantize(w, "Q4_K"), w, 1, 2)
+    >>> d.columns[[0, -1]].tolist(), len(d.levels), d.w_hat.shape
+    ([64, 95], 16, (32,))
+    """
+    levels = result.levels(row, group)  # IndexError for a group outside the result
+    cols = group_columns(result, group)
+    w_hat = decode_rows(result, row, row + 1)[0, cols]
+    return GroupDetail(row, group, levels, cols, w[row, cols], w_hat)
 
 
 def group_mean_abs_error(abs_err: np.ndarray, result: QuantResult) -> np.ndarray:

@@ -1,46 +1,44 @@
-"""What the explorers and the report share: the layer, its activations, settings, a cache.
+"""The session model: a layer, its activations, its settings and their summaries.
 
-No widgets here (``qviz.html_report`` uses it too). A :class:`Layer` holds one
+What the explorers (:mod:`qviz.widgets`) and the static report
+(:mod:`qviz.html_report`) share; no widgets here. A :class:`Layer` holds one
 float32 weight, the activations the output error and the calibrated methods
 use (given, or a default that says what it is), the weight's histogram
-(computed once) and a cache of :class:`~qviz.plots.summary.LayerSummary` per
+(computed once) and a cache of :class:`~qviz.summary.LayerSummary` per
 :class:`Setting`. Quantization happens only in :func:`quantize_setting`,
 through :func:`qviz.quantize`.
+
+What a method is called, which options its controls show and whether it
+takes the layer's activations all come from its record in :mod:`qviz.registry`.
+
+>>> layer, _ = resolve(np.random.default_rng(0).standard_normal((8, 256)).astype(np.float32))
+>>> layer.summary(Setting.of("q4_k")).metrics["bits_per_weight"]
+4.5
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import functools
-import inspect
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from qviz import api
+from qviz import api, registry
 from qviz.arrays import as_activations, as_weight
-from qviz.formats.spec import FORMATS
 from qviz.io import calib as calib_io
-from qviz.plots.summary import LayerSummary, decode_rows, summarize, weight_stats
+from qviz.registry import Option
 from qviz.result import QuantResult
+from qviz.summary import GroupDetail, LayerSummary, decode_rows, group_detail, summarize, weight_stats
 
 log = logging.getLogger(__name__)
 
 ACCEPTED = ("an nn.Linear (or any module with .weight), a 2-D torch tensor or numpy array, "
             "(model, 'layer.name'), a QuantResult, (gguf_path, 'tensor.name'), "
             "or the name of a bundled MiniLM layer (qviz.demo.layers())")
-#: parameters through which a method receives the layer's activations
-CALIB_PARAMS = ("calib", "x", "activations")
-#: parameters through which a method receives an importance per input column; the
-#: explorers show them as one "imatrix" on/off option, the imatrix of the activations
-IMPORTANCE_PARAMS = ("imatrix", "importance")
-#: parameters the explorers never show (the explorers set or ignore them)
-HIDDEN = ("w", "name", "hessian", "backend", "fallback", "blocksize", "static_groups",
-          "random_state", "seed", "device")
-#: display names of methods (GGUF types keep their upstream spelling)
-METHOD_LABELS = {"rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "kmeans": "k-means", "nf4": "NF4"}
 #: summaries kept per layer (the given result is kept besides)
 MAX_CACHED = 8
 #: samples of the default random-normal activations
@@ -48,31 +46,28 @@ N_RANDOM = 128
 #: rows of real MiniLM inputs kept per layer, and 128-token sequences run to get them
 N_REAL = 512
 N_SEQUENCES = 8
+#: the one on/off control that stands for a method's importance option
+IMATRIX = Option("imatrix", "bool", False, "importance per input column, computed from the layer's "
+                 "activations (qviz.imatrix): llama.cpp's imatrix", control=True)
 
 
 def method_label(method: str) -> str:
-    """``"RTN"``, ``"GPTQ"``, ``"k-means"``, ``"Q4_K"`` …"""
-    return METHOD_LABELS.get(method, method)
+    """``"RTN"``, ``"GPTQ"``, ``"k-means"``, ``"Q4_K"`` … (the registry's label)."""
+    return registry.method(method).label
 
 
-def _function(method: str):
-    if method in FORMATS:
-        return api.quantize_gguf
-    try:
-        return api.METHODS[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}; valid methods: "
-                         f"{', '.join(api.method_names())}") from None
+def control_options(method: str) -> tuple[Option, ...]:
+    """The options a method's controls show: ``registry.method(method).controls``.
+
+    The option whose role is ``"importance"`` is shown as :data:`IMATRIX`, an
+    on/off switch: the explorers compute the importance from the layer's
+    activations.
+    """
+    return tuple(IMATRIX if o.role == "importance" else o for o in registry.method(method).controls)
 
 
 def method_options(method: str) -> dict[str, object]:
-    """The options a method's controls show, with their defaults.
-
-    Derived from the method's signature in :data:`qviz.api.METHODS`: every
-    keyword with a bool, int or float default, except :data:`HIDDEN`, and
-    ``imatrix`` (on/off) for a method that takes an importance per column
-    (:data:`IMPORTANCE_PARAMS`; it is computed from the layer's activations).
-    The GGUF types have that one option.
+    """The options a method's controls show, with their defaults (:func:`control_options`).
 
     Examples
     --------
@@ -81,26 +76,12 @@ def method_options(method: str) -> dict[str, object]:
     >>> method_options("Q4_K")
     {'imatrix': False}
     """
-    if method in FORMATS:
-        return {"imatrix": False}
-    out = {}
-    for p in inspect.signature(_function(method)).parameters.values():
-        if p.name in HIDDEN or p.name in CALIB_PARAMS or p.default is inspect.Parameter.empty:
-            continue
-        if p.name in IMPORTANCE_PARAMS:
-            out["imatrix"] = False
-        elif isinstance(p.default, (bool, int, float)):
-            out[p.name] = p.default
-    return out
+    return {o.name: o.default for o in control_options(method)}
 
 
 def needs_calibration(method: str, options: dict | None = None) -> bool:
-    """Whether a setting uses activations (GPTQ/AWQ, or an imatrix)."""
-    if (options or {}).get("imatrix"):
-        return True
-    if method in FORMATS:
-        return False
-    return any(p in CALIB_PARAMS for p in inspect.signature(_function(method)).parameters)
+    """Whether a setting uses activations: the imatrix is on, or the method takes them (GPTQ, AWQ)."""
+    return bool((options or {}).get("imatrix")) or registry.method(method).takes_calibration
 
 
 def _option_text(key: str, value) -> str:
@@ -133,7 +114,8 @@ class Setting:
         TypeError
             For anything else, or for options the method does not take.
         ValueError
-            For an unknown method.
+            For an unknown method (the registry's error, naming the closest
+            names). A unique case-insensitive spelling is the registered name.
         """
         if isinstance(item, Setting):
             return item
@@ -145,6 +127,7 @@ class Setting:
         else:
             raise TypeError(f"a setting is a method name such as 'Q4_K' or a pair "
                             f"(method, options dict) such as ('rtn', {{'bits': 3}}); got {item!r}")
+        method = registry.method(method).name
         options = method_options(method)
         unknown = sorted(set(given) - set(options))
         if unknown:
@@ -170,9 +153,7 @@ class Setting:
 
 def setting_of(result: QuantResult) -> Setting:
     """The setting a result was (most likely) made with, for the controls to start from."""
-    method = result.info.get("requested", result.method)
-    if method not in FORMATS and method not in api.METHODS:
-        raise ValueError(f"{method!r} is not a method qviz.quantize knows")
+    method = registry.method(result.info.get("requested", result.method)).name
     options = method_options(method)
     for key in options:
         if key in result.info and isinstance(result.info[key], (bool, int, float)):
@@ -191,8 +172,10 @@ def setting_of(result: QuantResult) -> Setting:
 def quantize_setting(w: np.ndarray, setting: Setting, x: np.ndarray | None) -> QuantResult:
     """``qviz.quantize`` of ``w`` under ``setting``, handing over the activations it needs.
 
-    GGUF types use llama-quantize's fallback for rows that do not fit their
-    blocks (``fallback=True``) and, with ``imatrix`` on, the importance of ``x``.
+    The method's ``"calibration"`` option gets ``x``; with ``imatrix`` on, its
+    ``"importance"`` option gets ``qviz.imatrix(x)``. Quant types use
+    llama-quantize's fallback for rows that do not fit their blocks
+    (``fallback=True``).
 
     Raises
     ------
@@ -204,13 +187,15 @@ def quantize_setting(w: np.ndarray, setting: Setting, x: np.ndarray | None) -> Q
     if needs_calibration(setting.method, kwargs) and x is None:
         raise ValueError(f"{setting.label} needs calibration activations; pass calib= "
                          f"(the layer's inputs, n_samples × {w.shape[1]})")
-    params = inspect.signature(_function(setting.method)).parameters
-    importance = calib_io.imatrix(x, w.shape[1]) if kwargs.pop("imatrix", False) else None
-    kwargs.update({p: importance for p in IMPORTANCE_PARAMS if p in params and importance is not None})
-    kwargs.update({p: x for p in CALIB_PARAMS if p in params})
-    if setting.method in FORMATS:
+    m = registry.method(setting.method)
+    importance, calibration = m.role("importance"), m.role("calibration")
+    if kwargs.pop("imatrix", False) and importance is not None:
+        kwargs[importance] = calib_io.imatrix(x, w.shape[1])
+    if calibration is not None:
+        kwargs[calibration] = x
+    if m.quant_type is not None:
         kwargs["fallback"] = True
-    return api.quantize(w, setting.method, **kwargs)
+    return api.quantize(w, m.name, **kwargs)
 
 
 def fallback_note(result: QuantResult) -> str | None:
@@ -218,7 +203,7 @@ def fallback_note(result: QuantResult) -> str | None:
     requested = result.info.get("requested")
     if requested is None or requested == result.method:
         return None
-    block = FORMATS[requested].block_size
+    block = registry.quant_type(requested).block_size
     return (f"{requested} → {result.method} for {result.shape[1]}-wide rows "
             f"(rows are not a multiple of {requested}'s {block}-weight blocks; "
             f"llama-quantize falls back to {result.method})")
@@ -323,6 +308,13 @@ class Layer:
             self._cache.popitem(last=False)
         return s
 
+    def group_detail(self, s: LayerSummary, row: int, group: int) -> GroupDetail:
+        """Group ``group`` of row ``row`` of ``s``'s result, decoded, with this layer's weights there.
+
+        What :func:`qviz.plots.layer.group_detail` draws (:func:`qviz.summary.group_detail`).
+        """
+        return group_detail(s.result, self.weight, row, group)
+
 
 def _is_gguf_path(a) -> bool:
     return isinstance(a, (str, os.PathLike)) and str(a).endswith(".gguf")
@@ -333,7 +325,7 @@ def _from_gguf(path, tensor: str) -> tuple[np.ndarray, QuantResult | None, str]:
 
     f = gguf.read(path)
     info = f.tensor(tensor)
-    if info.type_name in FORMATS:  # decoded by qviz's kernel: bit-exact ggml, and fast
+    if info.type_name in registry.TYPES:  # decoded by qviz's kernel: bit-exact ggml, and fast
         result = f.result(tensor)
         weight = decode_rows(result, 0, result.shape[0])
     else:
@@ -423,6 +415,49 @@ def error_key(layer: Layer) -> tuple[str, str]:
     if layer.x is not None:
         return "relative_output_error", "relative output error"
     return "mse", "MSE"
+
+
+class Ranking(NamedTuple):
+    """Settings measured on one layer, as the comparison table and the Pareto plot show them.
+
+    labels : list of str                  one per setting
+    rows : list of (dict or str)          each setting's metrics, or the message of its error
+    points : list of int                  the settings that worked, in order
+    bits_per_weight : list of float       of each point
+    error : list of float                 of each point: the measure :func:`error_key` names
+    error_name : str                      what ``error`` is, e.g. "relative output error"
+    """
+
+    labels: list[str]
+    rows: list
+    points: list[int]
+    bits_per_weight: list[float]
+    error: list[float]
+    error_name: str
+
+    @property
+    def point_labels(self) -> list[str]:
+        """The label of each point."""
+        return [self.labels[i] for i in self.points]
+
+
+def rank(layer: Layer, settings: list[Setting], outcomes: list[LayerSummary | str]) -> Ranking:
+    """The table rows and Pareto points of ``outcomes`` (:func:`measure` of ``settings``)."""
+    key, name = error_key(layer)
+    points = [i for i, o in enumerate(outcomes) if not isinstance(o, str)]
+    return Ranking([s.label for s in settings], [o if isinstance(o, str) else o.metrics for o in outcomes],
+                   points, [outcomes[i].metrics["bits_per_weight"] for i in points],
+                   [outcomes[i].metrics.get(key, float("nan")) for i in points], name)
+
+
+def resolve_for(obj, settings: list[Setting], calib=None, *, weight=None) -> tuple[Layer, Setting | None]:
+    """:func:`resolve` for a comparison: default activations only when a setting needs some.
+
+    Without ``calib`` and without a setting that uses activations (GPTQ, AWQ,
+    an imatrix), the layer has none and the comparison ranks by MSE.
+    """
+    wants = calib is not None or any(needs_calibration(s.method, s.kwargs) for s in settings)
+    return resolve(obj, calib, weight=weight, default_calib=wants)
 
 
 def settings_of(methods) -> list[Setting]:
