@@ -337,12 +337,22 @@ def test_awq_width_error(tmp_path):
         export_awq({"fc": affine(np.zeros((12, 8)), zeros=np.ones((12, 1)))}, tmp_path)
 
 
+def test_the_records_say_which_methods_export():
+    from qviz import registry
+
+    for fmt in ("gptq", "awq"):
+        assert export.exporters(fmt) == [n for n, m in registry.methods().items() if fmt in m.exports]
+        assert {"rtn", "gptq", "awq"} <= set(export.exporters(fmt))
+
+
 def test_gguf_and_other_results_are_refused(tmp_path, rng):
     w = rng.standard_normal((8, 256)).astype(np.float32)
     with pytest.raises(ValueError, match=r"'Q4_K' result \(with mins\).*GGUF"):
         export_gptq({"fc": qviz.quantize(w, "Q4_K")}, tmp_path)
-    with pytest.raises(ValueError, match="'Q8_0' result"):
+    with pytest.raises(ValueError, match="'Q8_0' result.*AWQ checkpoints.*one of rtn, gptq, awq"):
         export_awq({"fc": qviz.quantize(w, "Q8_0")}, tmp_path)
+    with pytest.raises(ValueError, match="'nf4' result \\(with a codebook\\)"):
+        export_gptq({"fc": qviz.quantize(w, "nf4")}, tmp_path)
     with pytest.raises(TypeError, match="not a QuantResult"):
         export_gptq({"fc": w}, tmp_path)
     with pytest.raises(TypeError, match="non-empty dict"):

@@ -9,6 +9,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import qviz  # noqa: E402
+from qviz import registry  # noqa: E402
 from qviz.kernels.numba import pack as nb_pack  # noqa: E402
 from qviz.models.qlinear import QuantLinear, memory_bytes, memory_report, to_quantized_modules  # noqa: E402
 from qviz.result import QuantResult  # noqa: E402
@@ -98,7 +99,16 @@ def test_buffers_match_numba_packing(w):
     assert g.qweight.shape == (48, 64) and a.qweight.shape == (384, 8) and g.scales.shape == (3, 64)
 
 
-@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"])
+TORCH_TYPES = [n for n, t in registry.types().items() if "torch" in t.twins]
+
+
+def test_records_say_what_a_quantlinear_holds():
+    held = {n for n, m in registry.methods().items() if m.quantlinear}
+    assert {"rtn", "gptq", "awq"} <= held and held & set(registry.types()) == set(TORCH_TYPES)
+    assert {"Q4_0", "Q4_K", "Q6_K"} <= set(TORCH_TYPES)
+
+
+@pytest.mark.parametrize("type_name", TORCH_TYPES)
 def test_gguf_layers_decode_like_the_result(rng, type_name):
     w = rng.standard_normal((16, 512)).astype(np.float32)
     r = qviz.quantize(w, type_name)
@@ -133,7 +143,10 @@ def test_does_not_modify_the_result(w):
 
 @pytest.mark.parametrize("make,exc,match", [
     (lambda w: QuantLinear.from_result(w), TypeError, "takes a QuantResult"),
-    (lambda w: QuantLinear.from_result(qviz.quantize(w[:, :256], "IQ4_NL")), ValueError, "QuantLinear holds"),
+    (lambda w: QuantLinear.from_result(qviz.quantize(w[:, :256], "IQ4_NL")), ValueError,
+     "QuantLinear holds rtn, gptq, awq results and the quant types Q4_0"),
+    (lambda w: QuantLinear.from_result(qviz.quantize(w, "nf4")), ValueError, "got method 'nf4'"),
+    (lambda w: QuantLinear(256, 16, gguf_type="IQ4_NL"), ValueError, "no torch dequantizer.*supported: Q4_0"),
     (lambda w: QuantLinear.from_result(qviz.quantize(w, "rtn"), np.ones(3)), ValueError, "64 outputs"),
     (lambda w: QuantLinear.from_result(qviz.quantize(w, "rtn", bits=3), order="awq"), ValueError, "3-bit"),
     (lambda w: QuantLinear.from_result(qviz.quantize(w[:48], "rtn", bits=3)), ValueError,

@@ -12,7 +12,7 @@ import qviz  # noqa: E402
 from qviz import eval as qeval  # noqa: E402
 from qviz.io import calib  # noqa: E402
 from qviz.models import quantize_model  # noqa: E402
-from qviz.models.quantize_model import find_blocks  # noqa: E402
+from qviz.models.runner import Block, catch_block_inputs, find_blocks, stages  # noqa: E402
 
 
 def state(model):
@@ -106,17 +106,15 @@ def test_gptq_block_by_block_equals_gptq_on_the_quantized_inputs(minilm):
 
 
 def test_gptq_stages_follow_shared_inputs(llama, tokens):
-    from qviz.models.quantize_model import _Block, _catch_block_inputs, _stages
-
     name, blocks = find_blocks(llama)
     assert name == "model.layers" and len(blocks) == 2
-    calls = _catch_block_inputs(llama, blocks[0], calib.as_batches(tokens))
+    calls = catch_block_inputs(llama, blocks[0], calib.as_batches(tokens))
     lin = {n: m for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)}
-    stages = _stages(_Block(blocks[0], calls, [None]), lin, True)
-    assert [sorted(s) for s in stages] == [
+    found = stages(Block(blocks[0], calls, [None]), lin, True)
+    assert [sorted(s) for s in found] == [
         ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
         ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
-    assert _stages(_Block(blocks[0], calls, [None]), lin, False) == [list(lin)]
+    assert stages(Block(blocks[0], calls, [None]), lin, False) == [list(lin)]
 
 
 @pytest.mark.parametrize("method,options", [
@@ -203,14 +201,19 @@ def test_a_module_without_blocks(tokens):
 
 @pytest.mark.parametrize("method,kwargs,error,match", [
     ("nope", {}, ValueError, "unknown method"),
+    ("gtpq", {}, ValueError, "unknown method 'gtpq'; did you mean 'gptq'"),
     (3, {}, TypeError, "method must be a string"),
     ("gptq", {}, ValueError, "needs calibration data"),
     ("awq", {}, ValueError, "needs calibration data"),
     ("awq", dict(calib="TOKENS", damp=0.1), TypeError, "takes no option"),
+    ("awq", dict(calib="TOKENS", device="cpu"), TypeError, "takes no option.*sets them per layer"),
+    ("gptq", dict(calib="TOKENS", hessian=np.eye(72)), TypeError, "takes no option.*sets them per layer"),
+    ("gptq", dict(calib="TOKENS", true_sequential=False, sequential=1), TypeError,
+     "takes no option.*sequential.*true_sequential"),
     ("rtn", dict(groupsize=128), TypeError, "takes no option"),
 ])
 def test_bad_arguments(llama, tokens, method, kwargs, error, match):
-    kwargs = {k: tokens if v == "TOKENS" else v for k, v in kwargs.items()}
+    kwargs = {k: tokens if isinstance(v, str) and v == "TOKENS" else v for k, v in kwargs.items()}
     with pytest.raises(error, match=match):
         quantize_model(llama, method, progress=False, **kwargs)
 
@@ -218,3 +221,46 @@ def test_bad_arguments(llama, tokens, method, kwargs, error, match):
 def test_a_model_without_linear_layers():
     with pytest.raises(ValueError, match="no torch.nn.Linear"):
         quantize_model(torch.nn.Embedding(4, 4), "rtn", progress=False)
+
+
+def test_method_names_resolve_through_the_registry(tokens):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Embedding(96, 64), torch.nn.Linear(64, 32))
+    results, _ = quantize_model(net, "GPTQ", calib=tokens, bits=4, group_size=32, progress=False)
+    assert results["1"].method == "gptq"
+    results, _ = quantize_model(net, "q4_0", progress=False)
+    assert results["1"].method == "Q4_0"
+
+
+def test_a_registered_method_goes_layer_by_layer(llama, tokens):
+    """A method known only to the registry (no driver) gets each layer's importance and input sample."""
+    from qviz import registry
+    from qviz.registry import Method, Option
+
+    seen = {}
+
+    def quantize_seen(w, *, bits=4, weights=None, inputs=None):
+        seen[w.shape] = (weights, inputs)
+        return qviz.quantize(w, "rtn", bits=bits, group_size=-1)
+
+    registry.register_method(Method(
+        "seen", "Seen", quantize_seen,
+        (Option("bits", "int", 4, low=2, high=8),
+         Option("weights", "array", None, role="importance", optional=True),
+         Option("inputs", "array", None, role="calibration", optional=True))))
+    try:
+        results, q = quantize_model(llama, "seen", bits=3, progress=False)
+        assert len(results) == 14 and all(r.bits == 3 for r in results.values())
+        assert seen[(72, 72)] == (None, None)
+        results, q = quantize_model(llama, "seen", calib=tokens, bits=3, include_embeddings=True,
+                                    progress=False)
+        name = "model.layers.1.mlp.down_proj"
+        st = calib.capture(llama, tokens, layers=[name], hessian=False, progress=False, max_samples=4096)[name]
+        weights, inputs = seen[(72, 144)]
+        np.testing.assert_array_equal(weights, st.imatrix)
+        np.testing.assert_array_equal(inputs, st.sample)
+        assert results["model.embed_tokens"].method == "rtn"  # a method reading activations: RTN there
+        with pytest.raises(TypeError, match="takes no option"):
+            quantize_model(llama, "seen", group_size=32, progress=False)
+    finally:
+        registry.unregister("seen")

@@ -60,7 +60,7 @@ from qviz.arrays import torch_device, as_activations, as_weight, check_finite
 from qviz.result import QuantResult
 
 __all__ = ["AWQFormat", "activation_mean", "apply_clip", "awq", "candidate_scale", "fake_quantize",
-           "search_clip", "search_scale", "unscaled_weight", "weight_mean"]
+           "quantize", "scaled_result", "search_clip", "search_scale", "unscaled_weight", "weight_mean"]
 
 #: ratios α = k / N_GRID, k = 0 … N_GRID - 1 (auto_scale's ``n_grid``)
 N_GRID = 20
@@ -192,8 +192,22 @@ def fake_quantize(w: torch.Tensor, fmt: AWQFormat) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-def _quantize(w: torch.Tensor, fmt: AWQFormat):
-    """Codes (uint8, (n_rows, n_cols)), scales and zeros (float32, (n_rows, n_groups)) of ``w``."""
+def quantize(w: torch.Tensor, fmt: AWQFormat):
+    """``w`` rounded on AWQ's grid, its groups of ``fmt.group_size`` columns cut as in :func:`fake_quantize`.
+
+    Parameters
+    ----------
+    w : torch.Tensor, shape (n_rows, n_cols), float32
+        The weight to store: for AWQ the scaled (and clipped) ``W·diag(s)``.
+    fmt : AWQFormat
+
+    Returns
+    -------
+    codes : torch.Tensor, shape (n_rows, n_cols), uint8
+        ``0 … 2**bits - 1`` (symmetric levels shifted up by ``2**(bits-1)``).
+    scales : torch.Tensor, shape (n_rows, n_groups), float32
+    zeros : torch.Tensor, shape (n_rows, n_groups), float32, or None without a zero point
+    """
     codes, scales, zeros = [], [], []
     for start, n, k in _parts(w.shape[1], fmt.group_size):
         part = w[:, start:start + n * k].reshape(w.shape[0], n, k)  # (n_rows, n, k)
@@ -551,16 +565,40 @@ def awq(W, X, fmt, *, duo_scaling: bool = False, clip: bool = True, device=None)
     if clip:
         max_val = search_clip(W_s, X / s, fmt)
         W_s = apply_clip(W_s, max_val, fmt.group_size)
-    codes, scales, zeros = _quantize(W_s, fmt)
     info = {
         "ratio": search.best / N_GRID, "ratios": np.arange(N_GRID) / N_GRID,
         "losses": search.losses, "loss": float(search.losses[search.best]),
         "input_scale": _np(search.scale), "max_val": None if max_val is None else _np(max_val),
         "duo_scaling": bool(duo_scaling), "clip": bool(clip), "zero_point": fmt.zero_point,
     }
-    g = min(fmt.group_size, W.shape[1])
-    return QuantResult("awq", tuple(W.shape), int(fmt.bits), int(g), _np(codes), _np(scales),
-                       None if zeros is None else _np(zeros), input_scale=_np(search.scale), info=info)
+    return scaled_result(W_s, fmt, info["input_scale"], info)
+
+
+def scaled_result(w_scaled: torch.Tensor, fmt: AWQFormat, input_scale: np.ndarray | None,
+                  info: dict) -> QuantResult:
+    """The QuantResult of a scaled (and clipped) weight ``W·diag(s)`` rounded on ``fmt``'s grid.
+
+    Parameters
+    ----------
+    w_scaled : torch.Tensor, shape (n_rows, n_cols), float32
+    fmt : AWQFormat
+    input_scale : ndarray, shape (n_cols,), float32, or None
+        ``s``, kept in the result so that ``dequantize()`` divides by it; None
+        where ``1/s`` is folded into the preceding op (``dequantize()`` is
+        then ``Q(W·diag(s))``).
+    info : dict
+        Diagnostics, stored as given.
+
+    Returns
+    -------
+    QuantResult
+        ``method="awq"``, codes uint8 (n_rows, n_cols), scales and zeros
+        float32 (n_rows, n_groups).
+    """
+    codes, scales, zeros = quantize(w_scaled, fmt)
+    g = min(fmt.group_size, w_scaled.shape[1])
+    return QuantResult("awq", tuple(w_scaled.shape), int(fmt.bits), int(g), _np(codes), _np(scales),
+                       None if zeros is None else _np(zeros), input_scale=input_scale, info=info)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,9 @@ AWQ-GEMM (AutoAWQ's ``WQLinear_GEMM.from_linear``, 4-bit only)::
     code   k+7    k+5    k+3    k+1    k+6    k+4   k+2    k+0
 
 Both decode ``w = scale · (code − zero)``, the rule of every affine
-:class:`~qviz.result.QuantResult` ("rtn", "gptq", "awq"): the codes are
+:class:`~qviz.result.QuantResult` (no mins, no codebook) of a method whose
+registry record lists the format in its ``exports`` ("rtn", "gptq", "awq"
+list both; :func:`exporters`): the codes are
 written as the result holds them (AutoGPTQ and AutoAWQ instead re-round the
 float weight against the fp16 scales, which can move a code by one), and the
 scales are stored in fp16, as both tools store them. Symmetric results store
@@ -51,14 +53,13 @@ from pathlib import Path
 
 import numpy as np
 
+from qviz import registry
 from qviz.formats.pack import check_pack_args
 from qviz.kernels.numba.pack import pack, unpack
 from qviz.result import QuantResult
 
 #: ``checkpoint_format`` values: AutoGPTQ's v1 (zero − 1 stored) and GPTQModel's v2 (zero stored)
 GPTQ_FORMATS = ("gptq", "gptq_v2")
-#: result methods whose codes decode as ``scale · (code − zero)``
-AFFINE_METHODS = ("rtn", "gptq", "awq")
 WEIGHTS_FILE = "model.safetensors"
 GPTQ_CONFIG_FILE = "quantize_config.json"
 AWQ_CONFIG_FILE = "quant_config.json"
@@ -93,15 +94,27 @@ def _check_results(results) -> dict[str, QuantResult]:
     return out
 
 
-def _check_method(name: str, r: QuantResult) -> None:
-    """Only affine results (scale·(code − zero) per group) fit GPTQ/AWQ checkpoints."""
-    if r.mins is None and r.codebook is None and r.method in AFFINE_METHODS:
+def exporters(checkpoint: str) -> list[str]:
+    """The methods whose records list ``checkpoint`` (``"gptq"``, ``"awq"``) in their ``exports``.
+
+    Examples
+    --------
+    >>> exporters("awq")
+    ['rtn', 'gptq', 'awq']
+    """
+    return [n for n, m in registry.methods().items() if checkpoint in m.exports]
+
+
+def _check_method(name: str, r: QuantResult, checkpoint: str) -> None:
+    """Only affine results (scale·(code − zero) per group) of an exporting method fit a checkpoint."""
+    method = registry.METHODS.get(r.method)
+    if r.mins is None and r.codebook is None and method is not None and checkpoint in method.exports:
         return
     kind = " (with mins)" if r.mins is not None else " (with a codebook)" if r.codebook is not None else ""
     raise ValueError(
-        f"layer {name!r} is a {r.method!r} result{kind}; GPTQ and AWQ checkpoints hold affine "
+        f"layer {name!r} is a {r.method!r} result{kind}; {checkpoint.upper()} checkpoints hold affine "
         f"integer codes decoded as scale·(code − zero). Quantize it with one of "
-        f"{', '.join(AFFINE_METHODS)} (GGUF types are written as GGUF files: qviz.gguf.requantize)")
+        f"{', '.join(exporters(checkpoint))} (GGUF types are written as GGUF files: qviz.gguf.requantize)")
 
 
 def _affine_params(name: str, r: QuantResult) -> tuple[np.ndarray, np.ndarray]:
@@ -208,9 +221,19 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_checkpoint(folder, tensors: dict, extra, configs: dict[str, dict]) -> Path:
+def _write_checkpoint(folder, tensors: dict, extra, config_file: str, derived: dict, config: dict,
+                      model_config) -> Path:
+    """Write ``tensors`` (and ``extra``) and the quantization config merged from ``derived`` and ``config``.
+
+    ``config_file`` names the config's file; with a ``model_config``,
+    ``config.json`` holds it too (its ``"quantization_config"``).
+    """
     from safetensors.numpy import save_file
 
+    quant_config = _merge_config(derived, config)
+    configs = {config_file: quant_config}
+    if model_config is not None:
+        configs["config.json"] = _model_config(model_config, quant_config)
     for key, value in (extra or {}).items():
         if key in tensors:
             raise ValueError(f"extra tensor {key!r} has the name of a quantized tensor")
@@ -261,7 +284,7 @@ def gptq_tensors(name: str, r: QuantResult, checkpoint_format: str = "gptq") -> 
     if checkpoint_format not in GPTQ_FORMATS:
         raise ValueError(f"checkpoint_format={checkpoint_format!r}; valid formats: "
                          f"{', '.join(GPTQ_FORMATS)} (v1 stores zero − 1, v2 the zero itself)")
-    _check_method(name, r)
+    _check_method(name, r, "gptq")
     if r.bits not in (2, 3, 4, 8):
         raise ValueError(f"layer {name!r} has {r.bits}-bit codes; GPTQ checkpoints pack 2, 3, 4 or 8 bits")
     n_rows, n_cols = r.shape
@@ -306,7 +329,7 @@ def awq_tensors(name: str, r: QuantResult) -> dict[str, np.ndarray]:
     >>> hex(awq_tensors("fc", r)["fc.qweight"].view(np.uint32)[0, 0])
     '0x75316420'
     """
-    _check_method(name, r)
+    _check_method(name, r, "awq")
     if r.bits != AWQ_BITS:
         why = ("32 is not a multiple of 3, so AWQ's interleaved word has no 3-bit layout"
                if 32 % r.bits else "AutoAWQ's GEMM kernels pack only 4-bit codes")
@@ -389,11 +412,7 @@ def export_gptq(results: Mapping[str, QuantResult], folder: str | os.PathLike,
         "quant_method": "gptq",
         "checkpoint_format": checkpoint_format,
     }
-    quant_config = _merge_config(derived, config)
-    configs = {GPTQ_CONFIG_FILE: quant_config}
-    if model_config is not None:
-        configs["config.json"] = _model_config(model_config, quant_config)
-    return _write_checkpoint(folder, tensors, extra, configs)
+    return _write_checkpoint(folder, tensors, extra, GPTQ_CONFIG_FILE, derived, config, model_config)
 
 
 def export_awq(results: Mapping[str, QuantResult], folder: str | os.PathLike, *,
@@ -442,11 +461,7 @@ def export_awq(results: Mapping[str, QuantResult], folder: str | os.PathLike, *,
         "version": "gemm",
         "modules_to_not_convert": None,
     }
-    quant_config = _merge_config(derived, config)
-    configs = {AWQ_CONFIG_FILE: quant_config}
-    if model_config is not None:
-        configs["config.json"] = _model_config(model_config, quant_config)
-    return _write_checkpoint(folder, tensors, extra, configs)
+    return _write_checkpoint(folder, tensors, extra, AWQ_CONFIG_FILE, derived, config, model_config)
 
 
 def _read_config(folder: Path, method: str) -> dict:

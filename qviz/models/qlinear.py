@@ -1,8 +1,11 @@
 """QuantLinear: an ``nn.Linear`` that keeps its weight quantized and decodes it on the fly.
 
-A :class:`QuantLinear` holds exactly what a checkpoint stores, as buffers:
+A :class:`QuantLinear` holds exactly what a checkpoint stores, as buffers.
+It holds the results of every method whose registry record says
+``quantlinear`` (:func:`qviz.registry.method`): the affine int-k methods and
+the quant types with a torch twin.
 
-affine int-k results (``"rtn"``, ``"gptq"``, ``"awq"``), ``order="gptq"``
+Affine int-k results (``"rtn"``, ``"gptq"``, ``"awq"``), ``order="gptq"``
 (AutoGPTQ / GPTQModel v2, the layout of :mod:`qviz.io.export`)::
 
     qweight  int32 (in·bits/32, out)   codes packed along the input dim
@@ -12,7 +15,8 @@ affine int-k results (``"rtn"``, ``"gptq"``, ``"awq"``), ``order="gptq"``
 
 ``order="awq"`` (AutoAWQ GEMM, bits 2/4/8): ``qweight`` is (in, out·bits/32)
 and ``qzeros`` (G, out·bits/32), both packed along the output dim with AWQ's
-interleaved slots. A GGUF result keeps ggml's bytes instead::
+interleaved slots. A quant type's result keeps ggml's bytes instead, decoded
+by the type's torch twin (``registry.quant_type(name).function("dequantize", "torch")``)::
 
     packed   uint8 (out, row_bytes)    ggml blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)
 
@@ -37,15 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qviz import registry
 from qviz.kernels.torch import pack as tpack
-from qviz.kernels.torch.dequant import DEQUANTIZERS
 from qviz.result import QuantResult
 
 __all__ = ["QuantLinear", "memory_bytes", "memory_report", "to_quantized_modules"]
 
 
-#: result methods decoded as ``scale · (code − zero)``
-AFFINE_METHODS = ("rtn", "gptq", "awq")
 ORDERS = ("gptq", "awq")
 #: forward implementations: "auto" picks the fused kernel where it applies
 KERNELS = ("auto", "triton", "torch")
@@ -72,7 +74,8 @@ class QuantLinear(nn.Module):
     scale_dtype : torch.dtype
         ``torch.float16`` (as checkpoints store scales) or ``torch.float32``.
     gguf_type : str, optional
-        Hold ggml bytes of this type instead of int-k codes.
+        Hold ggml bytes of this quant type (one with a torch twin) instead of
+        int-k codes.
     kernel : {"auto", "triton", "torch"}
         Forward path; ``"triton"`` raises where the fused kernel cannot run.
     input_scale : bool
@@ -105,12 +108,12 @@ class QuantLinear(nn.Module):
         self.bits, self.group_size, self.order = int(bits), int(group_size), order
         self.gguf_type, self.kernel = gguf_type, kernel
         if gguf_type is not None:
-            if gguf_type not in DEQUANTIZERS:
-                raise ValueError(f"no torch dequantizer for GGUF type {gguf_type!r}; supported: "
-                                 f"{', '.join(DEQUANTIZERS)}")
-            from qviz.formats.spec import FORMATS
-
-            row_bytes = FORMATS[gguf_type].row_bytes(self.in_features)
+            t = registry.quant_type(gguf_type)
+            if "torch" not in t.twins:
+                raise ValueError(f"no torch dequantizer for quant type {t.name!r}; supported: "
+                                 f"{', '.join(_torch_types())}")
+            self.gguf_type = t.name
+            row_bytes = t.row_bytes(self.in_features)
             self.register_buffer("packed", torch.zeros((self.out_features, row_bytes),
                                                        dtype=torch.uint8, device=device))
         else:
@@ -148,8 +151,9 @@ class QuantLinear(nn.Module):
         Parameters
         ----------
         result : QuantResult
-            ``"rtn"``, ``"gptq"`` or ``"awq"`` with 2/3/4/8-bit codes, or a GGUF
-            result of a type in :data:`qviz.kernels.torch.dequant.DEQUANTIZERS`.
+            Of a method whose record says ``quantlinear``: ``"rtn"``,
+            ``"gptq"`` or ``"awq"`` with 2/3/4/8-bit codes, or a quant type
+            with a torch twin (``"Q4_K"`` …).
         bias : array_like or torch.Tensor, shape (out,), optional
             Copied (float32).
         order : {"gptq", "awq"}
@@ -175,10 +179,14 @@ class QuantLinear(nn.Module):
             raise TypeError(f"from_result takes a QuantResult (from qviz.quantize), got {type(result).__name__}")
         n_out, n_in = result.shape
         b = _bias(bias, n_out)
-        if result.method not in AFFINE_METHODS:
-            if result.packed is None or result.method not in DEQUANTIZERS:
-                raise ValueError(f"QuantLinear holds {', '.join(AFFINE_METHODS)} results and the GGUF types "
-                                 f"{', '.join(DEQUANTIZERS)}; got method {result.method!r}")
+        method = registry.METHODS.get(result.method)
+        if method is None or not method.quantlinear:
+            held = [n for n, m in registry.methods().items() if m.quantlinear and m.quant_type is None]
+            raise ValueError(f"QuantLinear holds {', '.join(held)} results and the quant types "
+                             f"{', '.join(_torch_types())}; got method {result.method!r}")
+        if method.quant_type is not None:
+            if result.packed is None:
+                raise ValueError(f"this {result.method} result has no packed bytes to hold")
             layer = cls(n_in, n_out, result.bits, result.group_size, bias=b is not None,
                         gguf_type=result.method, kernel=kernel)
             layer.packed.copy_(torch.from_numpy(np.array(result.packed)))
@@ -216,7 +224,7 @@ class QuantLinear(nn.Module):
         ``x / input_scale``.)
         """
         if self.gguf_type is not None:
-            w = DEQUANTIZERS[self.gguf_type](self.packed)
+            w = registry.quant_type(self.gguf_type).function("dequantize", "torch")(self.packed)
         else:
             if self.order == "gptq":
                 codes = tpack.unpack(self.qweight.T.contiguous(), self.bits, "gptq")  # (out, in)
@@ -269,7 +277,12 @@ def _fused_kernel():
     """The fused int4 matmul where Triton and CUDA are present, else None (decided once)."""
     from qviz.kernels.torch import triton_int4
 
-    return triton_int4._matmul if triton_int4.available() else None
+    return triton_int4.matmul_int4_unchecked if triton_int4.available() else None
+
+
+def _torch_types() -> list[str]:
+    """The quant types with a torch twin (their bytes decode on any torch device)."""
+    return [n for n, t in registry.types().items() if "torch" in t.twins]
 
 
 def _bias(bias, n_out: int) -> torch.Tensor | None:

@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-__all__ = ["Config", "available", "matmul_int4", "tuned_configs"]
+__all__ = ["Config", "available", "matmul_int4", "matmul_int4_unchecked", "tuned_configs"]
 
 log = logging.getLogger(__name__)
 
@@ -289,13 +289,20 @@ def matmul_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qz
                          f"set before import); x is on {x.device}")
     if M == 0:
         return x.new_zeros((0, N))
-    return _matmul(x.contiguous(), qweight.contiguous(), scales.contiguous(), qzeros.contiguous(),
-                   int(group_size), None if g_idx is None else g_idx.contiguous(), config)
+    return matmul_int4_unchecked(x.contiguous(), qweight.contiguous(), scales.contiguous(),
+                                 qzeros.contiguous(), int(group_size),
+                                 None if g_idx is None else g_idx.contiguous(), config)
 
 
-def _matmul(x, qweight, scales, qzeros, group_size: int, g_idx, config: Config | None = None):
-    """:func:`matmul_int4` without the checks, for callers whose operands are known good
-    (contiguous, shapes as documented, M >= 1): QuantLinear's forward, once per call."""
+def matmul_int4_unchecked(x, qweight, scales, qzeros, group_size: int, g_idx,
+                          config: Config | None = None) -> torch.Tensor:
+    """:func:`matmul_int4` without the checks, for callers whose operands are known good.
+
+    The operands are those of :func:`matmul_int4`, already contiguous, shaped
+    as documented there, with M >= 1, on CUDA (or under the interpreter):
+    QuantLinear's forward, once per call, whose buffers are shaped by its
+    constructor.
+    """
     M, K = x.shape
     N = qweight.shape[1]
     args = (x, qweight, scales, qzeros, g_idx, group_size, M, N, K)
