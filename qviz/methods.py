@@ -113,7 +113,7 @@ register_method(Method(
     (BITS, GROUP_SIZE, SYM,
      Option("act_order", "bool", False, "quantize columns by descending Hessian diagonal", control=True),
      Option("static_groups", "bool", False, "fix every group's scale and zero up front"),
-     Option("damp", "float", 0.01, "damping, a fraction of mean(diag(H))", low=0, control=True),
+     Option("damp", "float", 0.01, "damping, a fraction of mean(diag(H))", control=True),
      Option("blocksize", "int", 128, "columns per lazy batch update", low=1),
      CALIB,
      Option("hessian", "array", None, "a precomputed Hessian (n_cols, n_cols) instead of calib",

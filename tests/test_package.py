@@ -46,7 +46,8 @@ def _modules():
                                   "qviz.formats.pack", "qviz.io.demo", "qviz.io.calib",
                                   "qviz.io.gguf", "qviz.io.export", "qviz.compat", "qviz.plan",
                                   "qviz.widgets.scan", "qviz.widgets.gguf_file", "qviz.plots.gguf",
-                                  "qviz.plots.layer", "qviz.plots.compare", "qviz.widgets._layer",
+                                  "qviz.plots.layer", "qviz.plots.compare", "qviz.session", "qviz.summary",
+                                  "qviz.registry", "qviz.io.gguf_reader", "qviz.io.gguf_writer",
                                   "qviz.widgets.explore", "qviz.widgets.compare", "qviz.html_report",
                                   "qviz.eval", "qviz.models.quantize_model"])
 def test_docstring_examples_run(name):
