@@ -27,6 +27,7 @@ import time
 import torch
 from torch import nn
 
+from qviz import registry
 from qviz.formats.spec import FORMATS
 from qviz.kernels.torch import dequant as td
 from qviz.kernels.torch import triton_int4 as ti
@@ -129,7 +130,8 @@ def random_blocks(type_name: str, n_rows: int, n_cols: int) -> torch.Tensor:
 def bench_dequant(peak: float) -> None:
     print("\n(a) dequantize 4096×4096 to float32 (GB/s = packed read + fp32 written)")
     print(f"{'type':6s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
-    for name, fn in td.DEQUANTIZERS.items():
+    for name in td.torch_types():
+        fn = registry.quant_type(name).function("dequantize", "torch")
         packed = random_blocks(name, 4096, 4096)
         t = kernel_time(lambda: fn(packed), reps=20)
         gbs = (packed.numel() + 4096 * 4096 * 4) / t / 1e9

@@ -1,7 +1,7 @@
 """Throughput of qviz's numba GGUF kernels next to ggml's C and gguf-py's numpy.
 
-For every type of ``FORMATS`` whose kernel module (``spec.MODULES``) exists
-and has ``quantize_<t>``, on a random float32 matrix (4096 × 4096 unless
+For every registered type with a numba twin (``registry.types()``, ``twins``
+including ``"numba"``), on a random float32 matrix (4096 × 4096 unless
 ``--rows`` says otherwise):
 
 * quantize, Mweights/s: ggml (``ggml_quantize_chunk``, single-threaded C,
@@ -40,19 +40,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # ggml_oracle
 
-from qviz.formats.spec import FORMATS, MODULES  # noqa: E402
+from qviz import registry  # noqa: E402
+from qviz.formats.spec import FORMATS  # noqa: E402
 
 
-def kernel_module(type_name: str):
-    """The numba module of a type, or None when it does not exist or lacks ``quantize_<t>``."""
-    family = FORMATS[type_name].family
-    try:
-        module = importlib.import_module("qviz." + MODULES[family][1])
-    except ImportError:
-        return None
-    if not hasattr(module, f"quantize_{type_name.lower()}"):
-        return None
-    return module
+def has_kernel(type_name: str) -> bool:
+    """Whether the type's record lists a numba twin."""
+    return "numba" in registry.quant_type(type_name).twins
 
 
 def test_data(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +82,8 @@ def worker(types: list[str], rows: int, cols: int, repeats: int) -> dict:
     x, imatrix = test_data(rows, cols)
     out = {}
     for t in types:
-        module = kernel_module(t)
-        quantize = getattr(module, f"quantize_{t.lower()}")
-        dequantize = getattr(module, f"dequantize_{t.lower()}")
+        quantize = registry.quant_type(t).function("quantize", "numba")
+        dequantize = registry.quant_type(t).function("dequantize", "numba")
         packed = oracle.quantize(t, x)
         out[t] = {
             "cold_quantize": first_call_seconds(lambda: quantize(x[:1])),
@@ -190,7 +183,7 @@ def main() -> None:
     parser.add_argument("--types", default="", help="comma-separated subset, e.g. Q4_0,Q4_K")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    wanted = [t for t in args.types.split(",") if t] or list(FORMATS)
+    wanted = [t for t in args.types.split(",") if t] or list(registry.types())
 
     if args.worker:
         print(json.dumps(worker(wanted, args.rows, args.cols, args.repeats)))
@@ -198,8 +191,8 @@ def main() -> None:
 
     types = []
     for t in wanted:
-        if kernel_module(t) is None:
-            print(f"skip {t}: no kernel module {MODULES[FORMATS[t].family][1]} with quantize_{t.lower()}")
+        if not has_kernel(t):
+            print(f"skip {t}: no numba twin in its registry record")
         else:
             types.append(t)
     print(machine_info())

@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
     pytest.skip("CUDA is not available", allow_module_level=True)
 
 import qviz  # noqa: E402
+from qviz import registry  # noqa: E402
 from qviz.formats.spec import FORMATS  # noqa: E402
 from qviz.kernels.torch import dequant as td  # noqa: E402
 from qviz.kernels.torch import pack as tp  # noqa: E402
@@ -41,11 +42,11 @@ def _random_blocks(type_name: str, n_rows: int, n_blocks: int, seed: int) -> tor
     return torch.from_numpy(blocks.reshape(n_rows, -1))
 
 
-@pytest.mark.parametrize("type_name", list(td.DEQUANTIZERS))
+@pytest.mark.parametrize("type_name", td.torch_types())
 def test_dequantize_on_gpu_equals_cpu(type_name):
     """Separate multiply and subtract kernels, no FMA: the GPU gives ggml's bits too."""
     packed = _random_blocks(type_name, 64, 16, seed=len(type_name))
-    fn = td.DEQUANTIZERS[type_name]
+    fn = registry.quant_type(type_name).function("dequantize", "torch")
     np.testing.assert_array_equal(_bits(fn(packed.to(CUDA))), _bits(fn(packed)))
 
 
@@ -181,7 +182,7 @@ def test_quantlinear_fused_and_fallback_agree(rng):
         QuantLinear.from_result(r, kernel="triton").to(CUDA)(x17.float())
 
 
-@pytest.mark.parametrize("type_name", list(td.DEQUANTIZERS))
+@pytest.mark.parametrize("type_name", td.torch_types())
 def test_gguf_quantlinear_on_gpu(rng, type_name):
     w = rng.standard_normal((64, 512)).astype(np.float32)
     r = qviz.quantize(w, type_name)

@@ -16,12 +16,13 @@ import pytest
 import ggml_oracle as oracle
 from edge_rows import CASES as EDGE_CASES
 from edge_rows import edge_rows, importance
-from qviz.formats.spec import FORMATS, MODULES, QK_K
+from qviz import registry
+from qviz.formats.spec import FORMATS, QK_K
 from qviz.result import QuantResult
 
-TYPES = [name for name, lay in FORMATS.items() if lay.family == "k_sym"]
-REFERENCE = importlib.import_module("qviz." + MODULES["k_sym"][0])
-KERNEL = importlib.import_module("qviz." + MODULES["k_sym"][1])
+TYPES = [name for name, t in registry.types().items() if t.family == "gguf_k_sym"]
+REFERENCE = importlib.import_module(registry.quant_type(TYPES[0]).module_of("numpy"))
+KERNEL = importlib.import_module(registry.quant_type(TYPES[0]).module_of("numba"))
 MODULE_IDS = {REFERENCE: "reference", KERNEL: "numba"}
 
 # The numpy reference runs ggml's searches interpreted: few rows. The kernel gets more.
@@ -32,7 +33,7 @@ CASES = [*EDGE_CASES, "minilm"]
 
 
 def _fn(module, verb: str, type_name: str):
-    return getattr(module, f"{verb}_{type_name.lower()}")
+    return registry.quant_type(type_name).function(verb, "numpy" if module is REFERENCE else "numba")
 
 
 @pytest.mark.parametrize("module", [REFERENCE, KERNEL], ids=MODULE_IDS.get)

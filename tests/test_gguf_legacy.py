@@ -15,14 +15,15 @@ import pytest
 
 import ggml_oracle as oracle
 from edge_rows import edge_rows, importance, minilm_rows
+from qviz import registry
 from qviz.formats import ggml_search
-from qviz.formats.spec import FORMATS, MODULES, QK
+from qviz.formats.spec import FORMATS, QK
 from qviz.result import QuantResult
 
-TYPES = [name for name, lay in FORMATS.items() if lay.family == "legacy"]
-REFERENCE = importlib.import_module("qviz." + MODULES["legacy"][0])
-KERNEL = importlib.import_module("qviz." + MODULES["legacy"][1])
-IMPLS = {"reference": REFERENCE, "numba": KERNEL}
+TYPES = [name for name, t in registry.types().items() if t.family == "gguf_legacy"]
+REFERENCE = importlib.import_module(registry.quant_type(TYPES[0]).module_of("numpy"))
+KERNEL = importlib.import_module(registry.quant_type(TYPES[0]).module_of("numba"))
+BACKENDS = {"reference": "numpy", "numba": "numba"}
 
 # The reference runs ggml's searches interpreted, so it gets one row per case; the kernel more.
 ROWS_PER_CASE = {"reference": 1, "numba": 8}
@@ -70,11 +71,11 @@ def _test_matrix(n_rows_per_case: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _fn(impl: str, verb: str, type_name: str):
-    return getattr(IMPLS[impl], f"{verb}_{type_name.lower()}")
+    return registry.quant_type(type_name).function(verb, BACKENDS[impl])
 
 
 @pytest.mark.parametrize("imatrix_kind", [None, "random", "squared", "dead_columns"])
-@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("impl", list(BACKENDS))
 @pytest.mark.parametrize("type_name", TYPES)
 def test_quantize_matches_ggml(type_name, impl, imatrix_kind, rng):
     x = _test_matrix(ROWS_PER_CASE[impl], rng)
@@ -84,7 +85,7 @@ def test_quantize_matches_ggml(type_name, impl, imatrix_kind, rng):
 
 
 @pytest.mark.parametrize("imatrix_kind", [None, "squared"])
-@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("impl", list(BACKENDS))
 @pytest.mark.parametrize("type_name", TYPES)
 def test_real_weights_match_ggml(type_name, impl, imatrix_kind, rng):
     n_rows = 2 if impl == "reference" else 256  # spread over the weight's 1536 rows
@@ -108,7 +109,7 @@ def _packed_cases(type_name: str, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([packed, noise])
 
 
-@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("impl", list(BACKENDS))
 @pytest.mark.parametrize("type_name", TYPES)
 def test_dequantize_matches_ggml(type_name, impl, rng):
     packed = _packed_cases(type_name, rng)
@@ -122,7 +123,7 @@ def test_dequantize_matches_ggml(type_name, impl, rng):
 def test_unpack_decodes_like_ggml(type_name, rng):
     packed = _packed_cases(type_name, rng)
     lay = FORMATS[type_name]
-    u = getattr(REFERENCE, f"unpack_{type_name.lower()}")(packed)
+    u = registry.quant_type(type_name).function("unpack", "numpy")(packed)
     assert u.codes.dtype == np.uint8 and u.codes.shape == (packed.shape[0], N_COLS)
     assert u.scales.dtype == np.float32 and u.scales.shape == (packed.shape[0], N_COLS // QK)
     assert int(u.codes.max()) < (1 << lay.bits)

@@ -16,22 +16,24 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from qviz.formats import pack as ref_pack  # noqa: E402
-from qviz.formats.spec import FORMATS, MODULES  # noqa: E402
+from qviz import registry  # noqa: E402
+from qviz.formats.spec import FORMATS  # noqa: E402
 from qviz.kernels.numba import pack as nb_pack  # noqa: E402
 from qviz.kernels.torch import dequant as td  # noqa: E402
 from qviz.kernels.torch import pack as tp  # noqa: E402
 
 PACK_CASES = [(b, o) for b in (2, 3, 4, 8) for o in ref_pack.ORDERS if not (o == "awq" and 32 % b)]
-TYPES = list(td.DEQUANTIZERS)
+TYPES = td.torch_types()  # the types whose record lists a torch twin
+
+
+def _torch(type_name: str):
+    """The torch ``dequantize_<type>``, found through the registry."""
+    return registry.quant_type(type_name).function("dequantize", "torch")
 
 
 def _numba(type_name: str):
-    """The numba module of a GGUF type (same function names)."""
-    return importlib.import_module("qviz." + MODULES[FORMATS[type_name].family][1])
-
-
-def _fn(module, verb: str, type_name: str):
-    return getattr(module, f"{verb}_{type_name.lower()}")
+    """The numba ``dequantize_<type>`` (same name, same bits)."""
+    return registry.quant_type(type_name).function("dequantize", "numba")
 
 
 def _bits(a) -> np.ndarray:
@@ -114,18 +116,18 @@ def _random_blocks(type_name: str, n_rows: int, n_blocks: int, rng) -> np.ndarra
 def test_dequantize_random_bytes_equals_numba(type_name):
     rng = np.random.default_rng(zlib.crc32(type_name.encode()))
     packed = _random_blocks(type_name, 5, 3, rng)
-    got = _fn(td, "dequantize", type_name)(torch.from_numpy(packed))
+    got = _torch(type_name)(torch.from_numpy(packed))
     lay = FORMATS[type_name]
     assert got.dtype == torch.float32 and tuple(got.shape) == (5, 3 * lay.block_size)
-    np.testing.assert_array_equal(_bits(got), _bits(_fn(_numba(type_name), "dequantize", type_name)(packed)))
+    np.testing.assert_array_equal(_bits(got), _bits(_numba(type_name)(packed)))
 
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_dequantize_any_bytes_equals_numba(type_name):
     """Fully random bytes: NaN/Inf/subnormal fp16 fields decode to the same bits."""
     packed = np.random.default_rng(7).integers(0, 256, (4, 2 * FORMATS[type_name].type_size), dtype=np.uint8)
-    got = _fn(td, "dequantize", type_name)(torch.from_numpy(packed))
-    np.testing.assert_array_equal(_bits(got), _bits(_fn(_numba(type_name), "dequantize", type_name)(packed)))
+    got = _torch(type_name)(torch.from_numpy(packed))
+    np.testing.assert_array_equal(_bits(got), _bits(_numba(type_name)(packed)))
 
 
 @pytest.mark.parametrize("case", ["normal", "outliers", "zero", "subnormal_scales"])
@@ -141,7 +143,7 @@ def test_dequantize_equals_ggml(type_name, case, oracle):
         x *= np.float32(1e-7)
     packed = oracle.quantize(type_name, x)
     want = oracle.dequantize(type_name, packed, 512)
-    got = _fn(td, "dequantize", type_name)(torch.from_numpy(packed))
+    got = _torch(type_name)(torch.from_numpy(packed))
     np.testing.assert_array_equal(_bits(got), _bits(want))
 
 
@@ -153,7 +155,7 @@ def test_dequantize_real_minilm_rows_equals_ggml(type_name, oracle, request):
     x = np.ascontiguousarray(minilm_layer[:32])  # (32, 384): 384 is 12 blocks of 32, 1.5 of 256
     x = x[:, :256] if FORMATS[type_name].block_size == 256 else x
     packed = oracle.quantize(type_name, x)
-    got = _fn(td, "dequantize", type_name)(torch.from_numpy(packed))
+    got = _torch(type_name)(torch.from_numpy(packed))
     np.testing.assert_array_equal(_bits(got), _bits(oracle.dequantize(type_name, packed, x.shape[1])))
 
 
@@ -173,28 +175,27 @@ def test_dequantize_real_gguf_bytes(name):
         want = f.decode(name).reshape(-1, info.shape[-1])[:64]
     got = td.dequantize(torch.from_numpy(rows), info.type_name)
     np.testing.assert_array_equal(_bits(got), _bits(want))
-    np.testing.assert_array_equal(_bits(got), _bits(_fn(_numba(info.type_name), "dequantize",
-                                                        info.type_name)(rows)))
+    np.testing.assert_array_equal(_bits(got), _bits(_numba(info.type_name)(rows)))
 
 
 def test_dequantize_no_rows():
-    assert tuple(td.dequantize_q4_k(torch.zeros((0, 144), dtype=torch.uint8)).shape) == (0, 256)
+    assert tuple(_torch("Q4_K")(torch.zeros((0, 144), dtype=torch.uint8)).shape) == (0, 256)
 
 
 def test_dequantize_reads_non_contiguous_rows():
     packed = np.random.default_rng(1).integers(0, 256, (6, 2 * 34), dtype=np.uint8)
     packed[:, 0:2] = np.array([0.5], np.float16).view(np.uint8)
     t = torch.from_numpy(packed)[::2]  # every other row
-    np.testing.assert_array_equal(_bits(td.dequantize_q8_0(t)), _bits(td.dequantize_q8_0(t.contiguous())))
+    np.testing.assert_array_equal(_bits(_torch("Q8_0")(t)), _bits(_torch("Q8_0")(t.contiguous())))
 
 
 @pytest.mark.parametrize("call,exc,match", [
-    (lambda: td.dequantize_q4_k(np.zeros((1, 144), np.uint8)), TypeError, "torch.from_numpy"),
-    (lambda: td.dequantize_q4_k(torch.zeros((1, 144), dtype=torch.int8)), TypeError,
+    (lambda: _torch("Q4_K")(np.zeros((1, 144), np.uint8)), TypeError, "torch.from_numpy"),
+    (lambda: _torch("Q4_K")(torch.zeros((1, 144), dtype=torch.int8)), TypeError,
      r"uint8 rows of shape \(n_rows, n_blocks \* 144\)"),
-    (lambda: td.dequantize_q6_k(torch.zeros((1, 200), dtype=torch.uint8)), ValueError,
+    (lambda: _torch("Q6_K")(torch.zeros((1, 200), dtype=torch.uint8)), ValueError,
      r"\(1, 200\).*n_blocks \* 210"),
-    (lambda: td.dequantize_q8_0(torch.zeros(34, dtype=torch.uint8)), ValueError, r"n_blocks \* 34"),
+    (lambda: _torch("Q8_0")(torch.zeros(34, dtype=torch.uint8)), ValueError, r"n_blocks \* 34"),
     (lambda: td.dequantize(torch.zeros((1, 84), dtype=torch.uint8), "Q2_K"), ValueError, "Q4_0, Q4_1"),
 ])
 def test_dequantize_bad_input(call, exc, match):

@@ -1,6 +1,6 @@
 """The numba ``unpack_<type>`` twins against the numpy reference and ggml, for every GGUF type.
 
-Parametrized over ``FORMATS``, so a new type is tested without editing a list.
+Parametrized over the registry's types, so a new type is tested without editing a list.
 The twin must return the reference's very arrays: same fields, dtypes and
 shapes, and the same bit patterns (floats compared as uint32, so -0.0 and NaN
 payloads count). Decoding the twin's arrays with ``QuantResult.dequantize()``
@@ -9,7 +9,6 @@ must give ggml's ``to_float`` bit for bit. Packed rows come from ggml itself
 """
 from __future__ import annotations
 
-import importlib
 import zlib
 
 import numpy as np
@@ -18,11 +17,12 @@ import pytest
 import ggml_oracle as oracle
 from edge_rows import CASES as EDGE_CASES
 from edge_rows import edge_rows, importance, minilm_rows, mixed_groups
-from qviz.api import gguf_result
-from qviz.formats.spec import FORMATS, MODULES, QK_K, Unpacked
+from qviz import registry
+from qviz.formats.spec import FORMATS, QK_K, Unpacked
+from qviz.methods import type_result
 from qviz.result import QuantResult
 
-TYPES = list(FORMATS)
+TYPES = list(registry.types())
 N_ROWS, N_COLS = 6, 2 * QK_K  # a multiple of every block size
 
 CASES = [*EDGE_CASES, "mixed", "minilm"]
@@ -30,9 +30,8 @@ CASES = [*EDGE_CASES, "mixed", "minilm"]
 
 def _unpackers(type_name: str):
     """(reference, twin) ``unpack_<type>`` functions."""
-    ref, kernel = (importlib.import_module("qviz." + m) for m in MODULES[FORMATS[type_name].family])
-    name = f"unpack_{type_name.lower()}"
-    return getattr(ref, name), getattr(kernel, name)
+    t = registry.quant_type(type_name)
+    return t.function("unpack", "numpy"), t.function("unpack", "numba")
 
 
 def _rows(type_name: str, case: str, rng: np.random.Generator) -> np.ndarray:
@@ -76,7 +75,7 @@ def _assert_same(want: Unpacked, got: Unpacked) -> None:
 
 
 def _result(type_name: str, u: Unpacked, packed: np.ndarray) -> QuantResult:
-    """A QuantResult of unpacked arrays, as ``api.gguf_result`` builds it."""
+    """A QuantResult of unpacked arrays, as ``methods.type_result`` builds it."""
     lay = FORMATS[type_name]
     return QuantResult(type_name, u.codes.shape, lay.bits, lay.group_size, u.codes, u.scales,
                        mins=u.mins, codebook=u.codebook, packed=packed)
@@ -139,11 +138,11 @@ def test_twin_is_deterministic(type_name):
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-def test_gguf_result_holds_the_reference_arrays(type_name):
-    """``api.gguf_result`` (what ``qviz.quantize`` returns) decodes with the twin: same arrays."""
+def test_type_result_holds_the_reference_arrays(type_name):
+    """``methods.type_result`` (what ``qviz.quantize`` returns) decodes with the twin: same arrays."""
     rng = np.random.default_rng(zlib.crc32(f"{type_name} api".encode()))
     packed = oracle.quantize(type_name, _rows(type_name, "normal", rng))
-    res = gguf_result(type_name, packed)
+    res = type_result(type_name, packed)
     reference, _ = _unpackers(type_name)
     _assert_same(reference(packed), Unpacked(res.codes, res.scales, res.mins, res.codebook))
     assert res.packed is not None and np.array_equal(res.packed, packed)

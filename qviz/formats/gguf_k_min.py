@@ -29,9 +29,10 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from qviz.formats.blocks import DEQUANTIZE, QUANTIZE, UNPACK, assemble, describe, fields
 from qviz.formats.ggml_search import make_qkx2_quants, make_qkx3_quants, make_qp_quants
-from qviz.formats.rounding import FP16_TABLE, fp16_bits, fp16_value, nearest_int_array
-from qviz.formats.spec import FORMATS, FP16, QK_K, Unpacked, register_ggml
+from qviz.formats.rounding import fp16_bits, fp16_field, fp16_from_field, fp16_value, nearest_int_array
+from qviz.formats.spec import QK_K, FP16, Unpacked, register_ggml
 
 # name, ggml_type, block size, bits, sub-block size; general.file_type (the _S mix); fields in order
 register_ggml(__name__, "Q2_K", 10, QK_K, 2, 16, file_type=10, fallback="Q4_0",
@@ -75,27 +76,6 @@ IMATRIX_SEARCH = (f32(-0.9), f32(0.05), 36, False)
 # ---------------------------------------------------------------------------
 # Packed fields
 # ---------------------------------------------------------------------------
-
-def _fields(packed: np.ndarray, name: str) -> dict[str, np.ndarray]:
-    """Split packed rows into ggml's block fields.
-
-    Returns a dict of uint8 views, each of shape (n_rows * n_blocks, nbytes),
-    keyed by the field names of ``FORMATS[name]`` (``d``, ``dmin``, ``scales``,
-    ``qh``, ``qs``).
-    """
-    lay = FORMATS[name]
-    blocks = np.ascontiguousarray(packed).reshape(-1, lay.type_size)  # (n_blocks, type_size)
-    out, off = {}, 0
-    for f in lay.fields:
-        out[f.name] = blocks[:, off:off + f.nbytes]
-        off += f.nbytes
-    return out
-
-
-def _fp16(field: np.ndarray) -> np.ndarray:
-    """float32 values of a 2-byte little-endian fp16 field, (n_blocks, 2) -> (n_blocks,)."""
-    return FP16_TABLE[np.ascontiguousarray(field).view(np.uint16)[:, 0]]
-
 
 def unpack_scale_min_k4(scales: npt.NDArray[np.uint8]) -> tuple[np.ndarray, np.ndarray]:
     """Eight 6-bit scales and eight 6-bit mins from the 12 bytes of Q4_K/Q5_K.
@@ -225,94 +205,42 @@ def _unpack_q5_k_qh(qh: np.ndarray) -> np.ndarray:
 # Unpack and dequantize
 # ---------------------------------------------------------------------------
 
-def _unpacked(packed, codes, d, dmin, sc, m) -> Unpacked:
-    """Reshape per-block arrays into an :class:`Unpacked` of ``packed``'s rows.
+def _unpacked(f: dict[str, np.ndarray], codes: np.ndarray, sc: np.ndarray, m: np.ndarray) -> Unpacked:
+    """An :class:`Unpacked` of the rows whose fields are ``f`` (n_rows, n_blocks, nbytes).
 
     ``scales = d * sc`` and ``mins = dmin * m`` are float32 products, the
     very ``d1``/``m1`` of ggml's dequantizers.
     """
-    n_rows = packed.shape[0]
-    scales = d[:, None] * sc.astype(f32)  # (n_blocks, n_sub)
-    mins = dmin[:, None] * m.astype(f32)
-    return Unpacked(codes.reshape(n_rows, -1), scales.reshape(n_rows, -1),
-                    mins.reshape(n_rows, -1))
+    n_rows = f["d"].shape[0]
+    scales = fp16_from_field(f["d"])[..., None] * sc.astype(f32)  # (n_rows, n_blocks, n_sub)
+    mins = fp16_from_field(f["dmin"])[..., None] * m.astype(f32)
+    return Unpacked(codes.reshape(n_rows, -1), scales.reshape(n_rows, -1), mins.reshape(n_rows, -1))
 
 
+_UNPACK_EXAMPLE = (">>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)\n"
+                   ">>> u = unpack_{lower}(quantize_{lower}(x))\n"
+                   ">>> int(u.codes.max()), u.scales.shape, u.mins.shape\n"
+                   "({nmax}, (1, {n_groups}), (1, {n_groups}))")
+
+
+@describe(UNPACK, "Q2_K", scales="``d * (scales & 15)``", mins="``dmin * (scales >> 4)``",
+          examples=_UNPACK_EXAMPLE)
 def unpack_q2_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Decode Q2_K rows into codes, per-16 scales and mins.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_cols // 256 * 84), uint8
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_cols) uint8 in 0..3; ``scales`` and ``mins``
-        (n_rows, n_cols // 16) float32, ``d * (scales & 15)`` and
-        ``dmin * (scales >> 4)``.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> u = unpack_q2_k(quantize_q2_k(x))
-    >>> u.codes.shape, u.scales.shape
-    ((1, 256), (1, 16))
-    """
-    f = _fields(packed, "Q2_K")
-    return _unpacked(packed, _unpack_q2_k_qs(f["qs"]), _fp16(f["d"]), _fp16(f["dmin"]),
-                     f["scales"] & 0xF, f["scales"] >> 4)
+    f = fields("Q2_K", packed)
+    return _unpacked(f, _unpack_q2_k_qs(f["qs"]), f["scales"] & 0xF, f["scales"] >> 4)
 
 
+@describe(UNPACK, "Q4_K", scales="``d * sc``", mins="``dmin * m``", examples=_UNPACK_EXAMPLE)
 def unpack_q4_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Decode Q4_K rows into codes, per-32 scales and mins.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_cols // 256 * 144), uint8
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_cols) uint8 in 0..15; ``scales`` and ``mins``
-        (n_rows, n_cols // 32) float32, ``d * sc`` and ``dmin * m``.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> u = unpack_q4_k(quantize_q4_k(x))
-    >>> int(u.codes.max()), u.scales.shape
-    (15, (1, 8))
-    """
-    f = _fields(packed, "Q4_K")
-    sc, m = unpack_scale_min_k4(f["scales"])
-    return _unpacked(packed, _unpack_nibbles(f["qs"]), _fp16(f["d"]), _fp16(f["dmin"]), sc, m)
+    f = fields("Q4_K", packed)
+    return _unpacked(f, _unpack_nibbles(f["qs"]), *unpack_scale_min_k4(f["scales"]))
 
 
+@describe(UNPACK, "Q5_K", scales="``d * sc``", mins="``dmin * m``", examples=_UNPACK_EXAMPLE)
 def unpack_q5_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Decode Q5_K rows into codes, per-32 scales and mins.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_cols // 256 * 176), uint8
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_cols) uint8 in 0..31; ``scales`` and ``mins``
-        (n_rows, n_cols // 32) float32, ``d * sc`` and ``dmin * m``.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> u = unpack_q5_k(quantize_q5_k(x))
-    >>> int(u.codes.max()), u.mins.shape
-    (31, (1, 8))
-    """
-    f = _fields(packed, "Q5_K")
-    sc, m = unpack_scale_min_k4(f["scales"])
+    f = fields("Q5_K", packed)
     codes = _unpack_nibbles(f["qs"]) | _unpack_q5_k_qh(f["qh"])
-    return _unpacked(packed, codes, _fp16(f["d"]), _fp16(f["dmin"]), sc, m)
+    return _unpacked(f, codes, *unpack_scale_min_k4(f["scales"]))
 
 
 def _decode(u: Unpacked, group_size: int) -> np.ndarray:
@@ -322,63 +250,23 @@ def _decode(u: Unpacked, group_size: int) -> np.ndarray:
     return s * u.codes.astype(f32) - m
 
 
+_DEQUANTIZE_EXAMPLE = (">>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)\n"
+                       ">>> float(np.abs(dequantize_{lower}(quantize_{lower}(x)) - x).max()) < {tol}\nTrue")
+_FORMULA = "``(d * sc) * q - dmin * m`` per {group_size}-weight sub-block"
+
+
+@describe(DEQUANTIZE, "Q2_K", formula=_FORMULA, examples=_DEQUANTIZE_EXAMPLE.replace("{tol}", "0.2"))
 def dequantize_q2_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
-    """ggml's ``dequantize_row_q2_K`` on each row.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 84), uint8
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> float(np.abs(dequantize_q2_k(quantize_q2_k(x)) - x).max()) < 0.2
-    True
-    """
     return _decode(unpack_q2_k(packed), 16)
 
 
+@describe(DEQUANTIZE, "Q4_K", formula=_FORMULA, examples=_DEQUANTIZE_EXAMPLE.replace("{tol}", "0.05"))
 def dequantize_q4_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
-    """ggml's ``dequantize_row_q4_K`` on each row.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 144), uint8
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> float(np.abs(dequantize_q4_k(quantize_q4_k(x)) - x).max()) < 0.05
-    True
-    """
     return _decode(unpack_q4_k(packed), 32)
 
 
+@describe(DEQUANTIZE, "Q5_K", formula=_FORMULA, examples=_DEQUANTIZE_EXAMPLE.replace("{tol}", "0.02"))
 def dequantize_q5_k(packed: npt.NDArray[np.uint8]) -> np.ndarray:
-    """ggml's ``dequantize_row_q5_K`` on each row.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 176), uint8
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> float(np.abs(dequantize_q5_k(quantize_q5_k(x)) - x).max()) < 0.02
-    True
-    """
     return _decode(unpack_q5_k(packed), 32)
 
 
@@ -535,121 +423,49 @@ def quantize_block(x: np.ndarray, qw: np.ndarray | None, name: str):
     return d, dmin, ls, lm, L
 
 
-def _fp16_field(bits: int) -> np.ndarray:
-    """A fp16 bit pattern as its two little-endian bytes."""
-    return np.array([bits & 0xFF, bits >> 8], dtype=np.uint8)
-
-
-def _pack_block(name: str, d, dmin, ls, lm, L) -> np.ndarray:
-    """Lay out one quantized super-block in ggml's field order, (type_size,) uint8."""
-    L = L.reshape(1, QK_K)
+def _quantize(x: np.ndarray, imatrix: np.ndarray | None, name: str) -> np.ndarray:
+    """The row driver: every super-block of every row, (n_rows, n_blocks * type_size) uint8."""
+    n_rows, nb = x.shape[0], x.shape[1] // QK_K
+    n_sub = QK_K // PARAMS[name].sub
+    d = np.empty((n_rows, nb), dtype=np.uint16)  # fp16 bits
+    dmin = np.empty((n_rows, nb), dtype=np.uint16)
+    ls = np.empty((n_rows, nb, n_sub), dtype=np.uint8)
+    lm = np.empty((n_rows, nb, n_sub), dtype=np.uint8)
+    L = np.empty((n_rows, nb, QK_K), dtype=np.uint8)
+    with np.errstate(all="ignore"):  # inf and nan, as C gets them, without numpy's warnings
+        for r, i in np.ndindex(n_rows, nb):
+            cols = slice(QK_K * i, QK_K * (i + 1))
+            qw = None if imatrix is None else imatrix[cols]
+            d[r, i], dmin[r, i], ls[r, i], lm[r, i], L[r, i] = quantize_block(x[r, cols], qw, name)
+    codes = L.reshape(-1, QK_K)
     if name == "Q2_K":
         # scales byte j: bits 7-4 min code, bits 3-0 scale code of sub-block j
-        fields = {"scales": ls | (lm << 4), "qs": _pack_q2_k_qs(L)[0]}
+        packed = {"scales": ls | (lm << 4), "qs": _pack_q2_k_qs(codes)}
     else:
-        fields = {"scales": pack_scale_min_k4(ls, lm), "qs": _pack_nibbles(L)[0]}
+        packed = {"scales": pack_scale_min_k4(ls, lm), "qs": _pack_nibbles(codes)}
         if name == "Q5_K":
-            fields["qh"] = _pack_q5_k_qh(L)[0]
-    fields["d"], fields["dmin"] = _fp16_field(d), _fp16_field(dmin)
-    return np.concatenate([fields[f.name] for f in FORMATS[name].fields])
+            packed["qh"] = _pack_q5_k_qh(codes)
+    packed = {k: v.reshape(n_rows, nb, v.shape[-1]) for k, v in packed.items()}
+    return assemble(name, d=fp16_field(d), dmin=fp16_field(dmin), **packed)
 
 
-def _quantize(x: np.ndarray, imatrix: np.ndarray | None, name: str) -> np.ndarray:
-    """The row driver: every super-block of every row, (n_rows, n_blocks * type_size)."""
-    n_rows, n_cols = x.shape
-    lay = FORMATS[name]
-    out = np.empty((n_rows, n_cols // QK_K, lay.type_size), dtype=np.uint8)
-    with np.errstate(all="ignore"):  # inf and nan, as C gets them, without numpy's warnings
-        for r in range(n_rows):
-            for i in range(n_cols // QK_K):
-                cols = slice(QK_K * i, QK_K * (i + 1))
-                qw = None if imatrix is None else imatrix[cols]
-                out[r, i] = _pack_block(name, *quantize_block(x[r, cols], qw, name))
-    return out.reshape(n_rows, -1)
+_QUANTIZE_EXAMPLE = (">>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)\n"
+                     ">>> quantize_{lower}(x).shape\n(2, {type_size})")
 
 
+@describe(QUANTIZE, "Q2_K", examples=_QUANTIZE_EXAMPLE)
 def quantize_q2_k(x: npt.NDArray[np.float32],
                   imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q2_K, byte-identical to ggml.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        Weights; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column (llama.cpp's imatrix).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 84), uint8
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_row_q2_K_ref`` without ``imatrix`` and
-    ``quantize_row_q2_K_impl`` with it (the paths of ``quantize_q2_K``).
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
-    >>> quantize_q2_k(x).shape
-    (2, 84)
-    """
     return _quantize(x, imatrix, "Q2_K")
 
 
+@describe(QUANTIZE, "Q4_K", examples=_QUANTIZE_EXAMPLE)
 def quantize_q4_k(x: npt.NDArray[np.float32],
                   imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q4_K, byte-identical to ggml.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        Weights; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column (llama.cpp's imatrix).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 144), uint8
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_row_q4_K_ref`` without ``imatrix`` and
-    ``quantize_row_q4_K_impl`` with it (the paths of ``quantize_q4_K``).
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
-    >>> quantize_q4_k(x).shape
-    (2, 144)
-    """
     return _quantize(x, imatrix, "Q4_K")
 
 
+@describe(QUANTIZE, "Q5_K", examples=_QUANTIZE_EXAMPLE)
 def quantize_q5_k(x: npt.NDArray[np.float32],
                   imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q5_K, byte-identical to ggml.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        Weights; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column (llama.cpp's imatrix).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 176), uint8
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_row_q5_K_ref`` without ``imatrix`` and
-    ``quantize_row_q5_K_impl`` with it (the paths of ``quantize_q5_K``).
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
-    >>> quantize_q5_k(x).shape
-    (2, 176)
-    """
     return _quantize(x, imatrix, "Q5_K")

@@ -28,8 +28,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from qviz.formats.blocks import DEQUANTIZE, QUANTIZE, UNPACK, assemble, describe, fields
 from qviz.formats.ggml_search import GROUP_MAX_EPS, make_q3_quants, make_qx_quants
-from qviz.formats.rounding import FP16_TABLE, fp16_bits
+from qviz.formats.rounding import fp16_bits, fp16_field, fp16_from_field, fp16_value
 from qviz.formats.spec import FORMATS, FP16, QK_K, Unpacked, register_ggml
 
 # name, ggml_type, block size, bits, sub-block size; general.file_type (the _S mix); fields in order
@@ -41,27 +42,6 @@ register_ggml(__name__, "Q6_K", 14, QK_K, 6, 16, file_type=18, fallback="Q8_0", 
 F32 = np.float32
 SUB = 16  # weights per sub-block
 N_SUB = QK_K // SUB  # sub-blocks per super-block
-
-
-def _fields(packed: np.ndarray, type_name: str) -> dict[str, np.ndarray]:
-    """Split packed rows into their block fields, each (n_rows, n_blocks, nbytes) uint8."""
-    lay = FORMATS[type_name]
-    blocks = packed.reshape(packed.shape[0], -1, lay.type_size)  # (n_rows, n_blocks, type_size)
-    out, off = {}, 0
-    for f in lay.fields:
-        out[f.name] = blocks[:, :, off:off + f.nbytes]
-        off += f.nbytes
-    return out
-
-
-def _d_value(d: np.ndarray) -> np.ndarray:
-    """The fp16 field ``d`` (…, 2) uint8 as float32 (…,)."""
-    return FP16_TABLE[np.ascontiguousarray(d).view(np.uint16)[..., 0]]
-
-
-def _d_bytes(d_bits: int) -> np.ndarray:
-    """A fp16 bit pattern as the two little-endian bytes of field ``d``."""
-    return np.array([d_bits & 0xFF, d_bits >> 8], dtype=np.uint8)
 
 
 # ---------------------------------------------------------------- Q3_K bits
@@ -161,110 +141,54 @@ def _pack_q6_k_codes(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------- dequantize, unpack
 
+def _unpacked(f: dict[str, np.ndarray], codes: np.ndarray, sc: np.ndarray) -> Unpacked:
+    """Codes (n_rows, n_blocks, 256) and signed sub-block scales ``sc`` (n_rows, n_blocks, 16)
+    of the rows whose fields are ``f``, with ``scales = d * sc`` in float32."""
+    n_rows = f["d"].shape[0]
+    scales = fp16_from_field(f["d"])[..., None] * sc
+    return Unpacked(codes.reshape(n_rows, -1), scales.reshape(n_rows, -1))
+
+
+_UNPACK_EXAMPLE = (">>> x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)\n"
+                   ">>> u = unpack_{lower}(quantize_{lower}(x))\n"
+                   ">>> u.codes.shape, u.scales.shape, int(u.codes.max()) <= {nmax}\n"
+                   "((2, 256), (2, 16), True)")
+
+
+@describe(UNPACK, "Q3_K", codes="0..7 (implied zero 4)", scales="``d * (sc - 32)``", examples=_UNPACK_EXAMPLE)
 def unpack_q3_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Decode Q3_K rows into codes and per-sub-block scales.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 110), uint8
-        ggml ``block_q3_K`` rows.
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..7 (implied zero 4),
-        ``scales`` (n_rows, n_blocks * 16) float32, each ``d * (sc - 32)``.
-
-    Examples
-    --------
-    >>> x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
-    >>> u = unpack_q3_k(quantize_q3_k(x))
-    >>> u.codes.shape, u.scales.shape, int(u.codes.max()) <= 7
-    ((2, 256), (2, 16), True)
-    """
-    f = _fields(packed, "Q3_K")
-    n_rows = packed.shape[0]
+    f = fields("Q3_K", packed)
     sc = _unpack_q3_k_scales(f["scales"]).astype(F32) - F32(32)  # (n_rows, n_blocks, 16)
-    scales = _d_value(f["d"])[..., None] * sc
-    codes = _unpack_q3_k_codes(f["hmask"], f["qs"])
-    return Unpacked(codes.reshape(n_rows, -1), scales.reshape(n_rows, -1))
+    return _unpacked(f, _unpack_q3_k_codes(f["hmask"], f["qs"]), sc)
 
 
-def dequantize_q3_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """ggml's ``dequantize_row_q3_K``: packed rows -> float32 weights.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 110), uint8
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-        ``(d * (sc - 32)) * (q - 4)`` per weight, bit-exact with ggml.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32)[None]
-    >>> float(np.abs(dequantize_q3_k(quantize_q3_k(x)) - x).max()) < 0.2
-    True
-    """
-    return _decode(unpack_q3_k(packed), zero=4)
-
-
+@describe(UNPACK, "Q6_K", codes="0..63 (implied zero 32)", scales="``d * sc``", examples=_UNPACK_EXAMPLE)
 def unpack_q6_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Decode Q6_K rows into codes and per-sub-block scales.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 210), uint8
-        ggml ``block_q6_K`` rows.
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..63 (implied zero 32),
-        ``scales`` (n_rows, n_blocks * 16) float32, each ``d * sc``.
-
-    Examples
-    --------
-    >>> x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
-    >>> u = unpack_q6_k(quantize_q6_k(x))
-    >>> u.codes.shape, u.scales.shape, int(u.codes.max()) <= 63
-    ((2, 256), (2, 16), True)
-    """
-    f = _fields(packed, "Q6_K")
-    n_rows = packed.shape[0]
+    f = fields("Q6_K", packed)
     sc = f["scales"].view(np.int8).astype(F32)  # (n_rows, n_blocks, 16)
-    scales = _d_value(f["d"])[..., None] * sc
-    codes = _unpack_q6_k_codes(f["ql"], f["qh"])
-    return Unpacked(codes.reshape(n_rows, -1), scales.reshape(n_rows, -1))
-
-
-def dequantize_q6_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    """ggml's ``dequantize_row_q6_K``: packed rows -> float32 weights.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 210), uint8
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-        ``(d * sc) * (q - 32)`` per weight, bit-exact with ggml.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32)[None]
-    >>> float(np.abs(dequantize_q6_k(quantize_q6_k(x)) - x).max()) < 0.02
-    True
-    """
-    return _decode(unpack_q6_k(packed), zero=32)
+    return _unpacked(f, _unpack_q6_k_codes(f["ql"], f["qh"]), sc)
 
 
 def _decode(u: Unpacked, zero: int) -> np.ndarray:
     """``scale * (code - zero)`` per weight, float32, the step repeated over its sub-block."""
     step = np.repeat(u.scales, SUB, axis=1)  # (n_rows, n_cols)
     return step * (u.codes.astype(F32) - F32(zero))
+
+
+_DEQUANTIZE_EXAMPLE = (">>> x = np.linspace(-1, 1, 256, dtype=np.float32)[None]\n"
+                       ">>> float(np.abs(dequantize_{lower}(quantize_{lower}(x)) - x).max()) < {tol}\nTrue")
+
+
+@describe(DEQUANTIZE, "Q3_K", formula="``(d * (sc - 32)) * (q - 4)`` per weight",
+          examples=_DEQUANTIZE_EXAMPLE.replace("{tol}", "0.2"))
+def dequantize_q3_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    return _decode(unpack_q3_k(packed), zero=4)
+
+
+@describe(DEQUANTIZE, "Q6_K", formula="``(d * sc) * (q - 32)`` per weight",
+          examples=_DEQUANTIZE_EXAMPLE.replace("{tol}", "0.02"))
+def dequantize_q6_k(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    return _decode(unpack_q6_k(packed), zero=32)
 
 
 # ------------------------------------------------------------- quantizers
@@ -310,7 +234,7 @@ def _q3_k_block_ref(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     else:
         sc = np.zeros(N_SUB, dtype=np.int32)
         d_bits = 0
-    _requantize(x, FP16_TABLE[d_bits], sc - 32, L, 4)
+    _requantize(x, F32(fp16_value(d_bits)), sc - 32, L, 4)
     return d_bits, sc, L
 
 
@@ -331,54 +255,8 @@ def _q3_k_block_impl(x: np.ndarray, qw: np.ndarray) -> tuple[int, np.ndarray, np
         scales[j] = make_qx_quants(SUB, 4, x[SUB * j:], L[SUB * j:], 1, w)
     sc = np.zeros(N_SUB, dtype=np.int8)
     d_bits = fp16_bits(make_qx_quants(N_SUB, 32, scales, sc, 1, sw))
-    _requantize(x, FP16_TABLE[d_bits], sc.astype(np.int32) - 32, L, 4)
+    _requantize(x, F32(fp16_value(d_bits)), sc.astype(np.int32) - 32, L, 4)
     return d_bits, sc, L
-
-
-def quantize_q3_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
-    """Quantize rows to Q3_K, byte-identical to ggml.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column (llama-imatrix); None for plain RMSE weights.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 110), uint8
-        ``block_q3_K`` rows: hmask, qs, scales, d.
-
-    Notes
-    -----
-    ggml's ``quantize_row_q3_K_ref`` without imatrix (``make_q3_quants`` per
-    sub-block, then the sixteen scales rounded to 6 bits on ``-32 / max``);
-    ``quantize_row_q3_K_impl`` with one (``make_qx_quants`` weighted by
-    ``qw * sqrt(sigma2 + x²)``, and again for the scales weighted by each
-    sub-block's total weight). Both round every weight once more on its final
-    step ``d * (sc - 32)``.
-
-    Examples
-    --------
-    >>> x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
-    >>> quantize_q3_k(x).shape
-    (2, 220)
-    """
-    n_rows, n_cols = x.shape
-    n_blocks = n_cols // QK_K
-    blocks = x.reshape(n_rows, n_blocks, QK_K)
-    out = np.zeros((n_rows, n_blocks, FORMATS["Q3_K"].type_size), dtype=np.uint8)
-    for r, i in np.ndindex(n_rows, n_blocks):
-        with np.errstate(over="ignore"):  # huge rows overflow float32 products to inf, as in C
-            if imatrix is None:
-                d_bits, sc, L = _q3_k_block_ref(blocks[r, i])
-            else:
-                d_bits, sc, L = _q3_k_block_impl(blocks[r, i], imatrix[QK_K * i:QK_K * (i + 1)])
-        hmask, qs = _pack_q3_k_codes(L)
-        out[r, i] = np.concatenate([hmask, qs, _pack_q3_k_scales(sc), _d_bytes(d_bits)])
-    return out.reshape(n_rows, -1)
 
 
 def _q6_k_block(x: np.ndarray, qw: np.ndarray | None) -> tuple[int, np.ndarray, np.ndarray]:
@@ -398,47 +276,66 @@ def _q6_k_block(x: np.ndarray, qw: np.ndarray | None) -> tuple[int, np.ndarray, 
     iscale = F32(-128) / max_scale
     d_bits = fp16_bits(F32(1) / iscale)
     sc = np.minimum(127, np.rint(iscale * scales)).astype(np.int32)
-    _requantize(x, FP16_TABLE[d_bits], sc, L, 32)
+    _requantize(x, F32(fp16_value(d_bits)), sc, L, 32)
     return d_bits, sc, L
 
 
-def quantize_q6_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
-    """Quantize rows to Q6_K, byte-identical to ggml.
+def _pack_q3_k(d_bits: int, sc: np.ndarray, L: np.ndarray) -> dict[str, np.ndarray]:
+    """One Q3_K super-block's fields from d's fp16 bits, the stored scales and the codes."""
+    hmask, qs = _pack_q3_k_codes(L)
+    return {"hmask": hmask, "qs": qs, "scales": _pack_q3_k_scales(sc), "d": fp16_field(np.uint16(d_bits))}
 
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column (llama-imatrix); None for ``x²`` weights.
 
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 210), uint8
-        ``block_q6_K`` rows: ql, qh, scales, d.
+def _pack_q6_k(d_bits: int, sc: np.ndarray, L: np.ndarray) -> dict[str, np.ndarray]:
+    """One Q6_K super-block's fields from d's fp16 bits, the int8 scales and the codes."""
+    ql, qh = _pack_q6_k_codes(L)
+    return {"ql": ql, "qh": qh, "scales": sc.astype(np.int8).view(np.uint8), "d": fp16_field(np.uint16(d_bits))}
 
-    Notes
-    -----
-    ggml's ``quantize_row_q6_K_ref`` without imatrix and
-    ``quantize_row_q6_K_impl`` with one: ``make_qx_quants`` (nmax 32) per
-    sub-block, weighted by ``x²`` or by the imatrix itself; the scales rounded
-    to int8 on ``-128 / max``; every weight rounded once more on ``d * sc``.
 
-    Examples
-    --------
-    >>> x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
-    >>> quantize_q6_k(x).shape
-    (2, 420)
-    """
-    n_rows, n_cols = x.shape
-    n_blocks = n_cols // QK_K
+def _q3_k_block(x: np.ndarray, qw: np.ndarray | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """One Q3_K super-block: ggml's ``_ref`` rule without importance, its ``_impl`` with."""
+    return _q3_k_block_ref(x) if qw is None else _q3_k_block_impl(x, qw)
+
+
+#: per type: (one super-block's d bits, scales, codes from x and its importance; its fields from those)
+_BLOCK_RULES = {"Q3_K": (_q3_k_block, _pack_q3_k), "Q6_K": (_q6_k_block, _pack_q6_k)}
+
+
+def _quantize(x: np.ndarray, imatrix: np.ndarray | None, name: str) -> np.ndarray:
+    """The row driver: every super-block of every row, (n_rows, n_blocks * type_size) uint8."""
+    n_rows, n_blocks = x.shape[0], x.shape[1] // QK_K
+    quantize_block, pack_block = _BLOCK_RULES[name]
     blocks = x.reshape(n_rows, n_blocks, QK_K)
-    out = np.zeros((n_rows, n_blocks, FORMATS["Q6_K"].type_size), dtype=np.uint8)
+    out = {f.name: np.zeros((n_rows, n_blocks, f.nbytes), dtype=np.uint8) for f in FORMATS[name].fields}
     for r, i in np.ndindex(n_rows, n_blocks):
         qw = None if imatrix is None else imatrix[QK_K * i:QK_K * (i + 1)]
         with np.errstate(over="ignore"):  # huge rows overflow float32 products to inf, as in C
-            d_bits, sc, L = _q6_k_block(blocks[r, i], qw)
-        ql, qh = _pack_q6_k_codes(L)
-        out[r, i] = np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), _d_bytes(d_bits)])
-    return out.reshape(n_rows, -1)
+            for k, v in pack_block(*quantize_block(blocks[r, i], qw)).items():
+                out[k][r, i] = v
+    return assemble(name, **out)
+
+
+@describe(QUANTIZE, "Q3_K",
+          notes="ggml's ``quantize_row_q3_K_ref`` without imatrix (``make_q3_quants`` per\n"
+                "sub-block, then the sixteen scales rounded to 6 bits on ``-32 / max``);\n"
+                "``quantize_row_q3_K_impl`` with one (``make_qx_quants`` weighted by\n"
+                "``qw * sqrt(sigma2 + x²)``, and again for the scales weighted by each\n"
+                "sub-block's total weight). Both round every weight once more on its final\n"
+                "step ``d * (sc - 32)``.",
+          examples=">>> x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)\n"
+                   ">>> quantize_q3_k(x).shape\n(2, 220)")
+def quantize_q3_k(x: npt.NDArray[np.float32],
+                  imatrix: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
+    return _quantize(x, imatrix, "Q3_K")
+
+
+@describe(QUANTIZE, "Q6_K",
+          notes="ggml's ``quantize_row_q6_K_ref`` without imatrix and\n"
+                "``quantize_row_q6_K_impl`` with one: ``make_qx_quants`` (nmax 32) per\n"
+                "sub-block, weighted by ``x²`` or by the imatrix itself; the scales rounded\n"
+                "to int8 on ``-128 / max``; every weight rounded once more on ``d * sc``.",
+          examples=">>> x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)\n"
+                   ">>> quantize_q6_k(x).shape\n(2, 420)")
+def quantize_q6_k(x: npt.NDArray[np.float32],
+                  imatrix: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
+    return _quantize(x, imatrix, "Q6_K")

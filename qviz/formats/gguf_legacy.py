@@ -45,9 +45,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from qviz.formats.blocks import DEQUANTIZE, QUANTIZE, UNPACK, assemble, describe, fields
 from qviz.formats.ggml_search import best_index_int8, make_iq4nl_quants, make_qkx3_quants, make_qx_quants
-from qviz.formats.rounding import FP16_TABLE, fp16_bits, round_away_array
-from qviz.formats.spec import FORMATS, FP16, QK, Unpacked, register_ggml
+from qviz.formats.rounding import fp16_field, fp16_from_field, round_away_array
+from qviz.formats.spec import FP16, QK, Unpacked, register_ggml
 
 # name, ggml_type, block size, bits, group size; general.file_type; fields in storage order
 register_ggml(__name__, "Q4_0", 2, QK, 4, QK, file_type=2, twins=("numba", "torch"), d=FP16, qs=QK // 2)
@@ -70,36 +71,6 @@ KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10,
 def _blocks(x: np.ndarray) -> np.ndarray:
     """Rows (n_rows, n_cols) -> blocks (n_rows, n_blocks, 32)."""
     return x.reshape(x.shape[0], -1, QK)
-
-
-def _fields(type_name: str, packed: np.ndarray) -> dict[str, np.ndarray]:
-    """Split packed rows into their fields, each (n_rows, n_blocks, nbytes) uint8."""
-    lay = FORMATS[type_name]
-    blocks = packed.reshape(packed.shape[0], -1, lay.type_size)  # (n_rows, n_blocks, type_size)
-    out, off = {}, 0
-    for f in lay.fields:
-        out[f.name] = blocks[..., off:off + f.nbytes]
-        off += f.nbytes
-    return out
-
-
-def _assemble(type_name: str, **fields: np.ndarray) -> np.ndarray:
-    """Join fields (n_rows, n_blocks, nbytes) in the spec's order -> (n_rows, row_bytes) uint8."""
-    lay = FORMATS[type_name]
-    parts = [fields[f.name] for f in lay.fields]
-    blocks = np.concatenate(parts, axis=-1)  # (n_rows, n_blocks, type_size)
-    return blocks.reshape(blocks.shape[0], -1)
-
-
-def _fp16_field(v: np.ndarray) -> np.ndarray:
-    """float32 values (n_rows, n_blocks) -> their fp16 fields (n_rows, n_blocks, 2) uint8."""
-    bits = np.array([fp16_bits(float(t)) for t in v.ravel()], dtype="<u2")
-    return bits.view(np.uint8).reshape(*v.shape, 2)
-
-
-def _fp16_value(field: np.ndarray) -> np.ndarray:
-    """fp16 fields (…, 2) uint8 -> float32 (…)."""
-    return FP16_TABLE[np.ascontiguousarray(field).view("<u2")[..., 0]]
 
 
 def _pack_nibbles(q: np.ndarray) -> np.ndarray:
@@ -156,265 +127,52 @@ def _first_min_max(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-# ------------------------------------------------------- ggml's _ref rules
+# ------------------------------------------------------------ ggml's rules
 
-def _symmetric_ref(xb: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_0/Q5_0 without imatrix: ``d = max / -nmax``, ``q = min(2*nmax-1, trunc(x/d + nmax + 0.5))``.
+def _symmetric(x: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_0 (nmax 8) and Q5_0 (nmax 16): rows -> d (n_rows, n_blocks) float32, q (…, 32) uint8.
 
-    xb (n_rows, n_blocks, 32) float32 -> d (n_rows, n_blocks) float32, q (…, 32) uint8.
+    Without imatrix, ggml's ``_ref``: ``d = max / -nmax``,
+    ``q = min(2*nmax-1, trunc(x/d + nmax + 0.5))``. With one, its ``_impl``:
+    ``make_qx_quants(32, nmax, xb, L, 1, weight)`` per block.
     """
-    d = _signed_max(xb) / F32(-nmax)
-    q = (xb * _inverse(d)[..., None] + F32(nmax + 0.5)).astype(np.int8)  # C's (int8_t) truncates
-    return d, np.minimum(2 * nmax - 1, q).astype(np.uint8)
-
-
-def _min_ref(xb: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1/Q5_1 without imatrix: ``d = (max - min)/nmax``, ``m = min``, ``q = trunc((x - m)/d + 0.5)``.
-
-    Returns d, m (n_rows, n_blocks) float32 and q (…, 32) uint8. ggml clamps Q4_1's
-    codes to 15 and not Q5_1's, whose codes cannot exceed 31; one clamp serves both.
-    """
-    lo, hi = _first_min_max(xb)
-    d = (hi - lo) / F32(nmax)
-    q = ((xb - lo[..., None]) * _inverse(d)[..., None] + F32(0.5)).astype(np.int8)
-    return d, lo, np.minimum(nmax, q).astype(np.uint8)
-
-
-# ------------------------------------------------------ ggml's _impl rules
-
-def _symmetric_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_0/Q5_0 with imatrix: ``make_qx_quants(32, nmax, xb, L, 1, weight)`` per block."""
     xb = _blocks(x)
+    if imatrix is None:
+        d = _signed_max(xb) / F32(-nmax)
+        q = (xb * _inverse(d)[..., None] + F32(nmax + 0.5)).astype(np.int8)  # C's (int8_t) truncates
+        return d, np.minimum(2 * nmax - 1, q).astype(np.uint8)
     wb = _blocks(_row_weights(x, imatrix))
     d = np.zeros(xb.shape[:2], dtype=F32)
     L = np.zeros(xb.shape, dtype=np.int8)
-    for r in range(xb.shape[0]):
-        for b in range(xb.shape[1]):
-            d[r, b] = make_qx_quants(QK, nmax, xb[r, b], L[r, b], 1, wb[r, b])
+    for r, b in np.ndindex(*xb.shape[:2]):
+        d[r, b] = make_qx_quants(QK, nmax, xb[r, b], L[r, b], 1, wb[r, b])
     return d, L.astype(np.uint8)
 
 
-def _min_impl(x: np.ndarray, imatrix: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1/Q5_1 with imatrix: ``make_qkx3_quants(32, nmax, xb, weight, …, -0.9, 0.05, 36)`` per block."""
+def _min(x: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1 (nmax 15) and Q5_1 (nmax 31): rows -> d, m (n_rows, n_blocks) float32, q (…, 32) uint8.
+
+    Without imatrix, ggml's ``_ref``: ``d = (max - min)/nmax``, ``m = min``,
+    ``q = trunc((x - m)/d + 0.5)`` (ggml clamps Q4_1's codes to 15 and not
+    Q5_1's, which cannot exceed 31; one clamp serves both). With one, its
+    ``_impl``: ``make_qkx3_quants(32, nmax, xb, weight, …, -0.9, 0.05, 36)`` per block.
+    """
     xb = _blocks(x)
+    if imatrix is None:
+        lo, hi = _first_min_max(xb)
+        d = (hi - lo) / F32(nmax)
+        q = ((xb - lo[..., None]) * _inverse(d)[..., None] + F32(0.5)).astype(np.int8)
+        return d, lo, np.minimum(nmax, q).astype(np.uint8)
     wb = _blocks(_row_weights(x, imatrix))
     d = np.zeros(xb.shape[:2], dtype=F32)
     m = np.zeros(xb.shape[:2], dtype=F32)
     L = np.zeros(xb.shape, dtype=np.uint8)
     Laux = np.zeros(QK, dtype=np.uint8)
-    for r in range(xb.shape[0]):
-        for b in range(xb.shape[1]):
-            d[r, b], the_min = make_qkx3_quants(QK, nmax, xb[r, b], wb[r, b], L[r, b], Laux,
-                                                -0.9, 0.05, 36, False)
-            m[r, b] = -the_min
+    for r, b in np.ndindex(*xb.shape[:2]):
+        d[r, b], the_min = make_qkx3_quants(QK, nmax, xb[r, b], wb[r, b], L[r, b], Laux,
+                                            -0.9, 0.05, 36, False)
+        m[r, b] = -the_min
     return d, m, L
-
-
-# ------------------------------------------------------------ public types
-
-def quantize_q4_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q4_0, exactly as ggml does.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous rows; n_cols a multiple of 32.
-    imatrix : ndarray, shape (n_cols,), float32, optional
-        Importance of each column (llama-imatrix's mean squared activation).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 32 * 18), uint8
-        ggml's bytes.
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_row_q4_0_ref`` / ``quantize_row_q4_0_impl``.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 32, dtype=np.float32)[None]
-    >>> dequantize_q4_0(quantize_q4_0(x))[0, :3]
-    array([-1.   , -0.875, -0.875], dtype=float32)
-    """
-    if imatrix is None:
-        d, q = _symmetric_ref(_blocks(x), 8)
-    else:
-        d, q = _symmetric_impl(x, imatrix, 8)
-    return _assemble("Q4_0", d=_fp16_field(d), qs=_pack_nibbles(q))
-
-
-def quantize_q4_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q4_1, exactly as ggml does.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous rows; n_cols a multiple of 32.
-    imatrix : ndarray, shape (n_cols,), float32, optional
-        Importance of each column.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 32 * 20), uint8
-        ggml's bytes.
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_row_q4_1_ref`` / ``quantize_row_q4_1_impl``.
-
-    Examples
-    --------
-    >>> x = np.linspace(0, 1.5, 32, dtype=np.float32)[None]
-    >>> dequantize_q4_1(quantize_q4_1(x))[0, -1]  # d = 0.1 is stored as fp16
-    np.float32(1.4996338)
-    """
-    if imatrix is None:
-        d, m, q = _min_ref(_blocks(x), 15)
-    else:
-        d, m, q = _min_impl(x, imatrix, 15)
-    return _assemble("Q4_1", d=_fp16_field(d), m=_fp16_field(m), qs=_pack_nibbles(q))
-
-
-def quantize_q5_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q5_0, exactly as ggml does.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous rows; n_cols a multiple of 32.
-    imatrix : ndarray, shape (n_cols,), float32, optional
-        Importance of each column.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 32 * 22), uint8
-        ggml's bytes.
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_row_q5_0_ref`` / ``quantize_row_q5_0_impl``.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 32, dtype=np.float32)[None]
-    >>> quantize_q5_0(x).shape
-    (1, 22)
-    """
-    if imatrix is None:
-        d, q = _symmetric_ref(_blocks(x), 16)
-    else:
-        d, q = _symmetric_impl(x, imatrix, 16)
-    return _assemble("Q5_0", d=_fp16_field(d), qh=_pack_high_bits(q), qs=_pack_nibbles(q))
-
-
-def quantize_q5_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q5_1, exactly as ggml does.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous rows; n_cols a multiple of 32.
-    imatrix : ndarray, shape (n_cols,), float32, optional
-        Importance of each column.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 32 * 24), uint8
-        ggml's bytes.
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_row_q5_1_ref`` / ``quantize_row_q5_1_impl``.
-
-    Examples
-    --------
-    >>> x = np.linspace(0, 1.5, 32, dtype=np.float32)[None]
-    >>> quantize_q5_1(x).shape
-    (1, 24)
-    """
-    if imatrix is None:
-        d, m, q = _min_ref(_blocks(x), 31)
-    else:
-        d, m, q = _min_impl(x, imatrix, 31)
-    return _assemble("Q5_1", d=_fp16_field(d), m=_fp16_field(m),
-                     qh=_pack_high_bits(q), qs=_pack_nibbles(q))
-
-
-def quantize_q8_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q8_0, exactly as ggml does.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous rows; n_cols a multiple of 32.
-    imatrix : ndarray, shape (n_cols,), float32, optional
-        Ignored, as ggml ignores it.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 32 * 34), uint8
-        ggml's bytes.
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_row_q8_0_ref``: ``d = amax/127``,
-    ``q = roundf(x/d)`` (half away from zero).
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 32, dtype=np.float32)[None]
-    >>> quantize_q8_0(x)[0, 2:5].view(np.int8)
-    array([-127, -119, -111], dtype=int8)
-    """
-    xb = _blocks(x)
-    amax = np.abs(xb).max(axis=-1)  # (n_rows, n_blocks)
-    d = amax / F32(127)
-    x0 = xb * _inverse(d)[..., None]
-    # roundf in float64: |x0| + 0.5 is exact there (in float32 0.49999997 + 0.5 rounds up to 1)
-    q = round_away_array(x0.astype(np.float64)).astype(np.int8)
-    return _assemble("Q8_0", d=_fp16_field(d), qs=q.view(np.uint8))
-
-
-def quantize_iq4_nl(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to IQ4_NL, exactly as ggml does.
-
-    Each block searches its scale (:func:`~qviz.formats.ggml_search.make_iq4nl_quants`,
-    15 trial scales), stores it as fp16 and maps every weight to the nearest
-    of the 16 levels ``d * kvalues_iq4nl``.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous rows; n_cols a multiple of 32.
-    imatrix : ndarray, shape (n_cols,), float32, optional
-        Importance of each column: weights ``imatrix * sqrt(sigma2 + x**2)``
-        with ``sigma2 = 2 * mean(x**2)`` of the block; else ``x**2``.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 32 * 18), uint8
-        ggml's bytes.
-
-    Notes
-    -----
-    ggml-quants.c ``quantize_iq4_nl`` -> ``quantize_row_iq4_nl_impl``
-    (``ntry = 7``; the path of ``ggml_quantize_chunk``).
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 32, dtype=np.float32)[None]
-    >>> quantize_iq4_nl(x).shape
-    (1, 18)
-    """
-    xb = _blocks(x)
-    qwb = None if imatrix is None else imatrix.reshape(-1, QK)  # (n_blocks, 32)
-    d = np.zeros(xb.shape[:2], dtype=F32)
-    L = np.zeros(xb.shape, dtype=np.uint8)
-    for r in range(xb.shape[0]):
-        for b in range(xb.shape[1]):
-            d[r, b] = _iq4_nl_block(xb[r, b], None if qwb is None else qwb[b], L[r, b])
-    return _assemble("IQ4_NL", d=_fp16_field(d), qs=_pack_nibbles(L))
 
 
 def _iq4_nl_block(xb: np.ndarray, qw: np.ndarray | None, L: np.ndarray) -> np.float32:
@@ -428,109 +186,122 @@ def _iq4_nl_block(xb: np.ndarray, qw: np.ndarray | None, L: np.ndarray) -> np.fl
     return d
 
 
+# ------------------------------------------------------------------ quantize
+
+_LINSPACE = ">>> x = np.linspace({lo}, {hi}, 32, dtype=np.float32)[None]\n"
+
+
+@describe(QUANTIZE, "Q4_0", examples=_LINSPACE.format(lo=-1, hi=1) + ">>> dequantize_q4_0(quantize_q4_0(x))"
+          "[0, :3]\narray([-1.   , -0.875, -0.875], dtype=float32)")
+def quantize_q4_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    d, q = _symmetric(x, imatrix, 8)
+    return assemble("Q4_0", d=fp16_field(d), qs=_pack_nibbles(q))
+
+
+@describe(QUANTIZE, "Q4_1", examples=_LINSPACE.format(lo=0, hi=1.5) + ">>> dequantize_q4_1(quantize_q4_1(x))"
+          "[0, -1]  # d = 0.1 is stored as fp16\nnp.float32(1.4996338)")
+def quantize_q4_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    d, m, q = _min(x, imatrix, 15)
+    return assemble("Q4_1", d=fp16_field(d), m=fp16_field(m), qs=_pack_nibbles(q))
+
+
+@describe(QUANTIZE, "Q5_0", examples=_LINSPACE.format(lo=-1, hi=1) + ">>> quantize_q5_0(x).shape\n(1, 22)")
+def quantize_q5_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    d, q = _symmetric(x, imatrix, 16)
+    return assemble("Q5_0", d=fp16_field(d), qh=_pack_high_bits(q), qs=_pack_nibbles(q))
+
+
+@describe(QUANTIZE, "Q5_1", examples=_LINSPACE.format(lo=0, hi=1.5) + ">>> quantize_q5_1(x).shape\n(1, 24)")
+def quantize_q5_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    d, m, q = _min(x, imatrix, 31)
+    return assemble("Q5_1", d=fp16_field(d), m=fp16_field(m), qh=_pack_high_bits(q), qs=_pack_nibbles(q))
+
+
+@describe(QUANTIZE, "Q8_0", imatrix="Ignored, as ggml ignores it.",
+          notes="ggml-quants.c ``quantize_row_q8_0_ref``: ``d = amax/127``, ``q = roundf(x/d)`` "
+                "(half away from zero).",
+          examples=_LINSPACE.format(lo=-1, hi=1) + ">>> quantize_q8_0(x)[0, 2:5].view(np.int8)\n"
+                   "array([-127, -119, -111], dtype=int8)")
+def quantize_q8_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    xb = _blocks(x)
+    amax = np.abs(xb).max(axis=-1)  # (n_rows, n_blocks)
+    d = amax / F32(127)
+    x0 = xb * _inverse(d)[..., None]
+    # roundf in float64: |x0| + 0.5 is exact there (in float32 0.49999997 + 0.5 rounds up to 1)
+    q = round_away_array(x0.astype(np.float64)).astype(np.int8)
+    return assemble("Q8_0", d=fp16_field(d), qs=q.view(np.uint8))
+
+
+@describe(QUANTIZE, "IQ4_NL",
+          summary="Each block searches its scale (:func:`~qviz.formats.ggml_search.make_iq4nl_quants`,\n"
+                  "15 trial scales), stores it as fp16 and maps every weight to the nearest\n"
+                  "of the 16 levels ``d * kvalues_iq4nl``.",
+          imatrix="Importance of each column: weights ``imatrix * sqrt(sigma2 + x**2)``\n"
+                  "    with ``sigma2 = 2 * mean(x**2)`` of the block; else ``x**2``.",
+          notes="ggml-quants.c ``quantize_iq4_nl`` -> ``quantize_row_iq4_nl_impl``\n"
+                "(``ntry = 7``; the path of ``ggml_quantize_chunk``).",
+          examples=_LINSPACE.format(lo=-1, hi=1) + ">>> quantize_iq4_nl(x).shape\n(1, 18)")
+def quantize_iq4_nl(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
+    xb = _blocks(x)
+    qwb = None if imatrix is None else imatrix.reshape(-1, QK)  # (n_blocks, 32)
+    d = np.zeros(xb.shape[:2], dtype=F32)
+    L = np.zeros(xb.shape, dtype=np.uint8)
+    for r, b in np.ndindex(*xb.shape[:2]):
+        d[r, b] = _iq4_nl_block(xb[r, b], None if qwb is None else qwb[b], L[r, b])
+    return assemble("IQ4_NL", d=fp16_field(d), qs=_pack_nibbles(L))
+
+
 # -------------------------------------------------------------- dequantize
 
-def dequantize_q4_0(packed: np.ndarray) -> np.ndarray:
-    """Q4_0 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols): ``(q - 8) * d``.
+def _round_trip(lower: str, one: str = "1.0", comment: str = "") -> str:
+    """The example of a dequantizer: ones, quantized and decoded."""
+    return (f">>> dequantize_{lower}(quantize_{lower}(np.ones((1, 32), np.float32)))[0, 0]{comment}\n"
+            f"np.float32({one})")
 
-    Notes
-    -----
-    ggml-quants.c ``dequantize_row_q4_0``.
 
-    Examples
-    --------
-    >>> dequantize_q4_0(quantize_q4_0(np.ones((1, 32), np.float32)))[0, 0]
-    np.float32(1.0)
-    """
-    f = _fields("Q4_0", packed)
+@describe(DEQUANTIZE, "Q4_0", formula="``(q - 8) * d``", examples=_round_trip("q4_0"))
+def dequantize_q4_0(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    f = fields("Q4_0", packed)
     q = (_unpack_nibbles(f["qs"]).astype(np.int32) - 8).astype(F32)
-    return _rows(q * _fp16_value(f["d"])[..., None])
+    return _rows(q * fp16_from_field(f["d"])[..., None])
 
 
-def dequantize_q4_1(packed: np.ndarray) -> np.ndarray:
-    """Q4_1 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols): ``q * d + m``.
-
-    Notes
-    -----
-    ggml-quants.c ``dequantize_row_q4_1``.
-
-    Examples
-    --------
-    >>> dequantize_q4_1(quantize_q4_1(np.ones((1, 32), np.float32)))[0, 0]
-    np.float32(1.0)
-    """
-    f = _fields("Q4_1", packed)
+@describe(DEQUANTIZE, "Q4_1", formula="``q * d + m``", examples=_round_trip("q4_1"))
+def dequantize_q4_1(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    f = fields("Q4_1", packed)
     q = _unpack_nibbles(f["qs"]).astype(F32)
-    return _rows(q * _fp16_value(f["d"])[..., None] + _fp16_value(f["m"])[..., None])
+    return _rows(q * fp16_from_field(f["d"])[..., None] + fp16_from_field(f["m"])[..., None])
 
 
-def dequantize_q5_0(packed: np.ndarray) -> np.ndarray:
-    """Q5_0 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols): ``(q - 16) * d``.
-
-    Notes
-    -----
-    ggml-quants.c ``dequantize_row_q5_0``.
-
-    Examples
-    --------
-    >>> dequantize_q5_0(quantize_q5_0(np.ones((1, 32), np.float32)))[0, 0]
-    np.float32(1.0)
-    """
-    f = _fields("Q5_0", packed)
+@describe(DEQUANTIZE, "Q5_0", formula="``(q - 16) * d``", examples=_round_trip("q5_0"))
+def dequantize_q5_0(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    f = fields("Q5_0", packed)
     q = ((_unpack_nibbles(f["qs"]) | _unpack_high_bits(f["qh"])).astype(np.int32) - 16).astype(F32)
-    return _rows(q * _fp16_value(f["d"])[..., None])
+    return _rows(q * fp16_from_field(f["d"])[..., None])
 
 
-def dequantize_q5_1(packed: np.ndarray) -> np.ndarray:
-    """Q5_1 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols): ``q * d + m``.
-
-    Notes
-    -----
-    ggml-quants.c ``dequantize_row_q5_1``.
-
-    Examples
-    --------
-    >>> dequantize_q5_1(quantize_q5_1(np.ones((1, 32), np.float32)))[0, 0]
-    np.float32(1.0)
-    """
-    f = _fields("Q5_1", packed)
+@describe(DEQUANTIZE, "Q5_1", formula="``q * d + m``", examples=_round_trip("q5_1"))
+def dequantize_q5_1(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    f = fields("Q5_1", packed)
     q = (_unpack_nibbles(f["qs"]) | _unpack_high_bits(f["qh"])).astype(F32)
-    return _rows(q * _fp16_value(f["d"])[..., None] + _fp16_value(f["m"])[..., None])
+    return _rows(q * fp16_from_field(f["d"])[..., None] + fp16_from_field(f["m"])[..., None])
 
 
-def dequantize_q8_0(packed: np.ndarray) -> np.ndarray:
-    """Q8_0 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols): ``q * d``.
-
-    Notes
-    -----
-    ggml-quants.c ``dequantize_row_q8_0``.
-
-    Examples
-    --------
-    >>> dequantize_q8_0(quantize_q8_0(np.ones((1, 32), np.float32)))[0, 0]  # 127 * fp16(1/127)
-    np.float32(0.99993896)
-    """
-    f = _fields("Q8_0", packed)
+@describe(DEQUANTIZE, "Q8_0", formula="``q * d`` with int8 ``q``",
+          examples=_round_trip("q8_0", "0.99993896", "  # 127 * fp16(1/127)"))
+def dequantize_q8_0(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    f = fields("Q8_0", packed)
     q = np.ascontiguousarray(f["qs"]).view(np.int8).astype(F32)
-    return _rows(q * _fp16_value(f["d"])[..., None])
+    return _rows(q * fp16_from_field(f["d"])[..., None])
 
 
-def dequantize_iq4_nl(packed: np.ndarray) -> np.ndarray:
-    """IQ4_NL bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols): ``d * kvalues_iq4nl[q]``.
-
-    Notes
-    -----
-    ggml-quants.c ``dequantize_row_iq4_nl``.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 32, dtype=np.float32)[None]
-    >>> float(np.abs(dequantize_iq4_nl(quantize_iq4_nl(x)) - x).max()) < 0.1
-    True
-    """
-    f = _fields("IQ4_NL", packed)
+@describe(DEQUANTIZE, "IQ4_NL", formula="``d * kvalues_iq4nl[q]``",
+          examples=_LINSPACE.format(lo=-1, hi=1) + ">>> float(np.abs(dequantize_iq4_nl(quantize_iq4_nl(x)) - x)"
+                   ".max()) < 0.1\nTrue")
+def dequantize_iq4_nl(packed: npt.NDArray[np.uint8]) -> np.ndarray:
+    f = fields("IQ4_NL", packed)
     levels = KVALUES_IQ4NL.astype(F32)[_unpack_nibbles(f["qs"])]
-    return _rows(_fp16_value(f["d"])[..., None] * levels)
+    return _rows(fp16_from_field(f["d"])[..., None] * levels)
 
 
 def _rows(blocks: np.ndarray) -> np.ndarray:
@@ -540,41 +311,53 @@ def _rows(blocks: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ unpack
 
-def unpack_q4_0(packed: np.ndarray) -> Unpacked:
-    """Q4_0 bytes -> codes (n_rows, n_cols) uint8 0..15 and scales ``d`` (n_rows, n_blocks) float32."""
-    f = _fields("Q4_0", packed)
-    return Unpacked(_rows(_unpack_nibbles(f["qs"])), _fp16_value(f["d"]))
+def _unpack_example(lo: float, top: int) -> str:
+    """The example of an unpacker: two rows of a ramp from ``lo`` to 1; ``top`` the largest code."""
+    return (f">>> u = unpack_{{lower}}(quantize_{{lower}}(np.linspace({lo}, 1, 64, dtype=np.float32)"
+            f".reshape(2, 32)))\n>>> u.codes.shape, u.scales.shape, int(u.codes.max())\n((2, 32), (2, 1), {top})")
 
 
-def unpack_q4_1(packed: np.ndarray) -> Unpacked:
-    """Q4_1 bytes -> codes 0..15, scales ``d`` and mins ``-m`` (n_rows, n_blocks) float32."""
-    f = _fields("Q4_1", packed)
-    return Unpacked(_rows(_unpack_nibbles(f["qs"])), _fp16_value(f["d"]), -_fp16_value(f["m"]))
+def _unpack(type_name: str, packed: np.ndarray, codes: np.ndarray) -> Unpacked:
+    """``codes`` (n_rows, n_blocks, 32) as rows, with ``d`` and, where the type has ``m``, mins ``-m``."""
+    f = fields(type_name, packed)
+    mins = -fp16_from_field(f["m"]) if "m" in f else None
+    return Unpacked(_rows(codes), fp16_from_field(f["d"]), mins)
 
 
-def unpack_q5_0(packed: np.ndarray) -> Unpacked:
-    """Q5_0 bytes -> codes (n_rows, n_cols) uint8 0..31 and scales ``d``."""
-    f = _fields("Q5_0", packed)
-    q = _unpack_nibbles(f["qs"]) | _unpack_high_bits(f["qh"])
-    return Unpacked(_rows(q), _fp16_value(f["d"]))
+@describe(UNPACK, "Q4_0", codes="0..15 (implied zero 8)", scales="``d``",
+          examples=_unpack_example(-1, 8))
+def unpack_q4_0(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    return _unpack("Q4_0", packed, _unpack_nibbles(fields("Q4_0", packed)["qs"]))
 
 
-def unpack_q5_1(packed: np.ndarray) -> Unpacked:
-    """Q5_1 bytes -> codes 0..31, scales ``d`` and mins ``-m``."""
-    f = _fields("Q5_1", packed)
-    q = _unpack_nibbles(f["qs"]) | _unpack_high_bits(f["qh"])
-    return Unpacked(_rows(q), _fp16_value(f["d"]), -_fp16_value(f["m"]))
+@describe(UNPACK, "Q4_1", scales="``d``", mins="``-m``", examples=_unpack_example(0, 15))
+def unpack_q4_1(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    return _unpack("Q4_1", packed, _unpack_nibbles(fields("Q4_1", packed)["qs"]))
 
 
-def unpack_q8_0(packed: np.ndarray) -> Unpacked:
-    """Q8_0 bytes -> codes ``qs + 128`` (n_rows, n_cols) uint8 and scales ``d``."""
-    f = _fields("Q8_0", packed)
-    q = np.ascontiguousarray(f["qs"]) ^ np.uint8(0x80)  # int8 two's complement + 128
-    return Unpacked(_rows(q), _fp16_value(f["d"]))
+@describe(UNPACK, "Q5_0", codes="0..31 (implied zero 16)", scales="``d``",
+          examples=_unpack_example(-1, 16))
+def unpack_q5_0(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    f = fields("Q5_0", packed)
+    return _unpack("Q5_0", packed, _unpack_nibbles(f["qs"]) | _unpack_high_bits(f["qh"]))
 
 
-def unpack_iq4_nl(packed: np.ndarray) -> Unpacked:
-    """IQ4_NL bytes -> codes 0..15 (indices into ``codebook = kvalues_iq4nl``) and scales ``d``."""
-    f = _fields("IQ4_NL", packed)
-    return Unpacked(_rows(_unpack_nibbles(f["qs"])), _fp16_value(f["d"]),
-                    codebook=KVALUES_IQ4NL.astype(F32))
+@describe(UNPACK, "Q5_1", scales="``d``", mins="``-m``", examples=_unpack_example(0, 31))
+def unpack_q5_1(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    f = fields("Q5_1", packed)
+    return _unpack("Q5_1", packed, _unpack_nibbles(f["qs"]) | _unpack_high_bits(f["qh"]))
+
+
+@describe(UNPACK, "Q8_0", codes="``qs + 128`` (int8 ``qs``, implied zero 128)", scales="``d``",
+          examples=_unpack_example(-1, 255))
+def unpack_q8_0(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    qs = np.ascontiguousarray(fields("Q8_0", packed)["qs"]) ^ np.uint8(0x80)  # int8 two's complement + 128
+    return _unpack("Q8_0", packed, qs)
+
+
+@describe(UNPACK, "IQ4_NL", codes="0..15, indices into ``codebook = kvalues_iq4nl``", scales="``d``",
+          examples=_unpack_example(-1, 8) + "\n>>> u.codebook[:3]\n"
+                   "array([-127., -104.,  -83.], dtype=float32)")
+def unpack_iq4_nl(packed: npt.NDArray[np.uint8]) -> Unpacked:
+    u = _unpack("IQ4_NL", packed, _unpack_nibbles(fields("IQ4_NL", packed)["qs"]))
+    return u._replace(codebook=KVALUES_IQ4NL.astype(F32))

@@ -12,12 +12,18 @@ Plain-Python scalar functions that numba compiles unchanged
 * ``roundf`` (Q8_0, Q4_0 scale selection not included): half away from zero.
 * fp32 -> fp16: IEEE round to nearest even (F16C ``vcvtps2ph`` / the portable
   ``ggml_compute_fp32_to_fp16``); overflow goes to inf.
+
+fp16 has two spellings here: the scalar pair :func:`fp16_bits` /
+:func:`fp16_value` that numba compiles into kernels, and the array pair
+:func:`fp16_field` / :func:`fp16_from_field` between values and the two bytes
+of a block's fp16 field, which every numpy reference uses.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 
 #: 1.5 * 2**23: adding it leaves a float32's integer part in its low 23 bits
@@ -108,5 +114,54 @@ def fp16_round(x: float) -> float:
     return fp16_value(fp16_bits(x))
 
 
-#: float32 value of every fp16 bit pattern; index with a uint16 (fast decode).
+#: float32 value of every fp16 bit pattern; index with a uint16 (fast decode, also inside kernels).
 FP16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+def fp16_field(values: npt.ArrayLike) -> np.ndarray:
+    """Values as ggml stores them in fp16 fields: two little-endian bytes each.
+
+    Parameters
+    ----------
+    values : array_like, shape (...), float32, or uint16
+        Values to round to fp16 (:func:`fp16_bits`, ggml's rounding), or,
+        as uint16, fp16 bit patterns that are stored as they are.
+
+    Returns
+    -------
+    ndarray, shape (..., 2), uint8
+
+    Examples
+    --------
+    >>> fp16_field(np.array([1.0, -2.0], dtype=np.float32))
+    array([[  0,  60],
+           [  0, 192]], dtype=uint8)
+    >>> fp16_field(np.uint16(0x3C00)).tolist()
+    [0, 60]
+    """
+    v = np.asarray(values)
+    if v.dtype == np.uint16:
+        bits = np.ascontiguousarray(v, dtype="<u2")
+    else:
+        bits = np.array([fp16_bits(float(t)) for t in v.ravel()], dtype="<u2").reshape(v.shape)
+    return bits.view(np.uint8).reshape(*v.shape, 2)
+
+
+def fp16_from_field(field: npt.NDArray[np.uint8]) -> np.ndarray:
+    """The float32 values of fp16 fields, exact (``GGML_FP16_TO_FP32``).
+
+    Parameters
+    ----------
+    field : ndarray, shape (..., 2), uint8
+        Two little-endian bytes per value.
+
+    Returns
+    -------
+    ndarray, shape (...), float32
+
+    Examples
+    --------
+    >>> fp16_from_field(np.array([[0, 60], [0, 192]], dtype=np.uint8))
+    array([ 1., -2.], dtype=float32)
+    """
+    return FP16_TABLE[np.ascontiguousarray(field).view("<u2")[..., 0]]

@@ -12,17 +12,16 @@ field are drawn in the reference module.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 from numba import njit, prange
 
 from qviz.formats import ggml_search, rounding
+from qviz.formats.blocks import describe_twins
 from qviz.formats.gguf_k_min import IMATRIX_SEARCH, PARAMS
-from qviz.formats.rounding import FP16_TABLE
-from qviz.formats.spec import FORMATS, QK_K, Unpacked
-from qviz.kernels.numba.buffers import float_output
+from qviz.formats.spec import FORMATS, QK_K
+from qviz.kernels.numba.buffers import dequantizer, quantizer, unpacker
 from qviz.kernels.numba.lanes_min import (N_LANE_VALUES, from_lanes, make_qkx_quants_lanes,
                                           nearest_int, to_lanes)
-from qviz.kernels.numba.search import JIT_OPTIONS
+from qviz.kernels.numba.search import JIT_OPTIONS, read_fp16, write_fp16
 
 f32 = np.float32
 
@@ -37,12 +36,6 @@ GROUP = 16
 # ---------------------------------------------------------------------------
 # Field access
 # ---------------------------------------------------------------------------
-
-@njit(**JIT_OPTIONS)
-def _read_fp16(b, off):
-    """float32 value of the little-endian fp16 at ``b[off:off+2]``."""
-    return FP16_TABLE[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
-
 
 @njit(**JIT_OPTIONS)
 def _scale_min_k4(j, b, off):
@@ -162,12 +155,6 @@ def _super_scales(scales, mins, sw, by_max, sc_max, clamp, ls, lm):
 
 
 @njit(**JIT_OPTIONS)
-def _write_fp16(b, off, bits):
-    b[off] = bits & 0xFF
-    b[off + 1] = bits >> 8
-
-
-@njit(**JIT_OPTIONS)
 def _pack_scale_min_k4(ls, lm, b, off):
     """The reference's ``pack_scale_min_k4`` into ``b[off:off+12]``."""
     for j in range(4):
@@ -186,11 +173,11 @@ def _pack_scales(bits, d, dmin, ls, lm, b, o):
     if bits == 2:
         for j in range(16):
             b[o + j] = ls[j] | (lm[j] << 4)
-        _write_fp16(b, o + 80, d)
-        _write_fp16(b, o + 82, dmin)
+        write_fp16(b, o + 80, d)
+        write_fp16(b, o + 82, dmin)
     else:
-        _write_fp16(b, o, d)
-        _write_fp16(b, o + 2, dmin)
+        write_fp16(b, o, d)
+        write_fp16(b, o + 2, dmin)
         _pack_scale_min_k4(ls, lm, b, o + 4)
 
 
@@ -212,7 +199,7 @@ def _requantize(x, bits, nmax, b, o, L):
     whose step is 0.
     """
     d_off = 80 if bits == 2 else 0
-    d_value, dmin_value = _read_fp16(b, o + d_off), _read_fp16(b, o + d_off + 2)
+    d_value, dmin_value = read_fp16(b, o + d_off), read_fp16(b, o + d_off + 2)
     n_sub = 16 if bits == 2 else 8
     sub = QK_K // n_sub
     for j in range(n_sub):
@@ -338,82 +325,9 @@ def _quantize_q5_k(x, imatrix, out):
         _quantize_row(x[r], imatrix, out[r], _Q5_K, 5)
 
 
-def _quantize(kernel, x, imatrix, type_size):
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * type_size), dtype=np.uint8)
-    kernel(x, imatrix, out)
-    return out
-
-
-def quantize_q2_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q2_K, byte-identical to ggml (see the reference).
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32, C-contiguous
-        Weights; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 84), uint8
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
-    >>> quantize_q2_k(x).shape
-    (2, 84)
-    """
-    return _quantize(_quantize_q2_k, x, imatrix, Q2_K_SIZE)
-
-
-def quantize_q4_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q4_K, byte-identical to ggml (see the reference).
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32, C-contiguous
-        Weights; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 144), uint8
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
-    >>> quantize_q4_k(x).shape
-    (2, 144)
-    """
-    return _quantize(_quantize_q4_k, x, imatrix, Q4_K_SIZE)
-
-
-def quantize_q5_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Quantize rows to Q5_K, byte-identical to ggml (see the reference).
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32, C-contiguous
-        Weights; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 176), uint8
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256)
-    >>> quantize_q5_k(x).shape
-    (2, 176)
-    """
-    return _quantize(_quantize_q5_k, x, imatrix, Q5_K_SIZE)
+quantize_q2_k = quantizer(__name__, "Q2_K", _quantize_q2_k)
+quantize_q4_k = quantizer(__name__, "Q4_K", _quantize_q4_k)
+quantize_q5_k = quantizer(__name__, "Q5_K", _quantize_q5_k)
 
 
 # ---------------------------------------------------------------------------
@@ -432,8 +346,8 @@ def _dequantize_q2_k(packed, y):
         b = packed[r]
         for i in range(nb):
             o = i * Q2_K_SIZE
-            d = _read_fp16(b, o + 80)
-            dmin = _read_fp16(b, o + 82)
+            d = read_fp16(b, o + 80)
+            dmin = read_fp16(b, o + 82)
             for half in range(2):
                 for h in range(2):  # the two 16-weight sub-blocks of each 32-byte run
                     s0, s1 = b[o + 8 * half + h], b[o + 8 * half + 2 + h]
@@ -460,8 +374,8 @@ def _dequantize_q4_k(packed, y):
         b = packed[r]
         for i in range(nb):
             o = i * Q4_K_SIZE
-            d = _read_fp16(b, o)
-            dmin = _read_fp16(b, o + 2)
+            d = read_fp16(b, o)
+            dmin = read_fp16(b, o + 2)
             for c in range(4):  # sub-blocks 2c (low nibbles) and 2c+1 (high nibbles)
                 sc1, m1 = _scale_min_k4(2 * c, b, o + 4)
                 sc2, m2 = _scale_min_k4(2 * c + 1, b, o + 4)
@@ -483,8 +397,8 @@ def _dequantize_q5_k(packed, y):
         b = packed[r]
         for i in range(nb):
             o = i * Q5_K_SIZE
-            d = _read_fp16(b, o)
-            dmin = _read_fp16(b, o + 2)
+            d = read_fp16(b, o)
+            dmin = read_fp16(b, o + 2)
             for c in range(4):  # sub-blocks 2c and 2c+1; their fifth bits are qh bits 2c, 2c+1
                 sc1, m1 = _scale_min_k4(2 * c, b, o + 4)
                 sc2, m2 = _scale_min_k4(2 * c + 1, b, o + 4)
@@ -498,76 +412,9 @@ def _dequantize_q5_k(packed, y):
                     y[r, yo + 32 + l] = d2 * f32((q >> 4) | ((qh & 2) << 3)) - min2
 
 
-def _dequantize(kernel, packed, type_size, out):
-    y = float_output((packed.shape[0], packed.shape[1] // type_size * QK_K), out)
-    kernel(packed, y)
-    return y
-
-
-def dequantize_q2_k(packed: npt.NDArray[np.uint8], out: np.ndarray | None = None) -> np.ndarray:
-    """ggml's ``dequantize_row_q2_K`` on each row (see the reference).
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 84), uint8, C-contiguous
-    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
-        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> dequantize_q2_k(quantize_q2_k(x)).shape
-    (1, 256)
-    """
-    return _dequantize(_dequantize_q2_k, packed, Q2_K_SIZE, out)
-
-
-def dequantize_q4_k(packed: npt.NDArray[np.uint8], out: np.ndarray | None = None) -> np.ndarray:
-    """ggml's ``dequantize_row_q4_K`` on each row (see the reference).
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 144), uint8, C-contiguous
-    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
-        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> dequantize_q4_k(quantize_q4_k(x)).shape
-    (1, 256)
-    """
-    return _dequantize(_dequantize_q4_k, packed, Q4_K_SIZE, out)
-
-
-def dequantize_q5_k(packed: npt.NDArray[np.uint8], out: np.ndarray | None = None) -> np.ndarray:
-    """ggml's ``dequantize_row_q5_K`` on each row (see the reference).
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 176), uint8, C-contiguous
-    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
-        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> dequantize_q5_k(quantize_q5_k(x)).shape
-    (1, 256)
-    """
-    return _dequantize(_dequantize_q5_k, packed, Q5_K_SIZE, out)
+dequantize_q2_k = dequantizer(__name__, "Q2_K", _dequantize_q2_k)
+dequantize_q4_k = dequantizer(__name__, "Q4_K", _dequantize_q4_k)
+dequantize_q5_k = dequantizer(__name__, "Q5_K", _dequantize_q5_k)
 
 
 # ---------------------------------------------------------------------------
@@ -590,8 +437,8 @@ def _unpack_q2_k(packed, codes, scales, mins):
         for i in range(packed.shape[1] // Q2_K_SIZE):
             b = packed[r, Q2_K_SIZE * i:Q2_K_SIZE * (i + 1)]
             c = codes[r, QK_K * i:QK_K * (i + 1)]
-            d = _read_fp16(b, 80)
-            dmin = _read_fp16(b, 82)
+            d = read_fp16(b, 80)
+            dmin = read_fp16(b, 82)
             for j in range(16):
                 scales[r, 16 * i + j] = d * f32(b[j] & 0xF)
                 mins[r, 16 * i + j] = dmin * f32(b[j] >> 4)
@@ -605,8 +452,8 @@ def _unpack_q2_k(packed, codes, scales, mins):
 @njit(**JIT_OPTIONS)
 def _unpack_scales_k4(b, d_row, m_row):
     """``d * sc`` and ``dmin * m`` of the Q4_K/Q5_K block ``b`` into d_row, m_row (8,) float32."""
-    d = _read_fp16(b, 0)
-    dmin = _read_fp16(b, 2)
+    d = read_fp16(b, 0)
+    dmin = read_fp16(b, 2)
     for j in range(8):
         sc, m = _scale_min_k4(j, b, 4)
         d_row[j] = d * f32(sc)
@@ -646,82 +493,8 @@ def _unpack_q5_k(packed, codes, scales, mins):
                     c[64 * k + 32 + l] = (q >> 4) | (((qh >> (2 * k + 1)) & 1) << 4)
 
 
-def _unpack(packed, type_size, n_sub, kernel):
-    """Allocate codes (n_rows, n_cols) uint8 and scales, mins (n_rows, n_blocks * n_sub)
-    float32 for ``packed``, let ``kernel`` fill them."""
-    packed = np.ascontiguousarray(packed, dtype=np.uint8)
-    n_rows, nb = packed.shape[0], packed.shape[1] // type_size
-    codes = np.empty((n_rows, nb * QK_K), dtype=np.uint8)
-    scales = np.empty((n_rows, nb * n_sub), dtype=np.float32)
-    mins = np.empty((n_rows, nb * n_sub), dtype=np.float32)
-    kernel(packed, codes, scales, mins)
-    return Unpacked(codes, scales, mins)
+unpack_q2_k = unpacker(__name__, "Q2_K", _unpack_q2_k, mins=True)
+unpack_q4_k = unpacker(__name__, "Q4_K", _unpack_q4_k, mins=True)
+unpack_q5_k = unpacker(__name__, "Q5_K", _unpack_q5_k, mins=True)
 
-
-def unpack_q2_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Q2_K rows -> codes, per-16 scales and mins, the arrays of the reference's ``unpack_q2_k``.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 84), uint8
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..3; ``scales`` and
-        ``mins`` (n_rows, n_blocks * 16) float32.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> u = unpack_q2_k(quantize_q2_k(x))
-    >>> u.codes.shape, u.scales.shape
-    ((1, 256), (1, 16))
-    """
-    return _unpack(packed, Q2_K_SIZE, 16, _unpack_q2_k)
-
-
-def unpack_q4_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Q4_K rows -> codes, per-32 scales and mins, the arrays of the reference's ``unpack_q4_k``.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 144), uint8
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..15; ``scales`` and
-        ``mins`` (n_rows, n_blocks * 8) float32.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> u = unpack_q4_k(quantize_q4_k(x))
-    >>> int(u.codes.max()), u.scales.shape
-    (15, (1, 8))
-    """
-    return _unpack(packed, Q4_K_SIZE, 8, _unpack_q4_k)
-
-
-def unpack_q5_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Q5_K rows -> codes, per-32 scales and mins, the arrays of the reference's ``unpack_q5_k``.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 176), uint8
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..31; ``scales`` and
-        ``mins`` (n_rows, n_blocks * 8) float32.
-
-    Examples
-    --------
-    >>> x = np.linspace(-1, 1, 256, dtype=np.float32).reshape(1, 256)
-    >>> u = unpack_q5_k(quantize_q5_k(x))
-    >>> int(u.codes.max()), u.mins.shape
-    (31, (1, 8))
-    """
-    return _unpack(packed, Q5_K_SIZE, 8, _unpack_q5_k)
+describe_twins(__name__, "numba")

@@ -14,15 +14,15 @@ by byte.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 from numba import njit, prange
 
+from qviz.formats.blocks import describe_twins
 from qviz.formats.ggml_search import GROUP_MAX_EPS, make_qx_quants
-from qviz.formats.rounding import FP16_TABLE, fp16_bits, fp16_value, nearest_int
-from qviz.formats.spec import FORMATS, QK_K, Unpacked
-from qviz.kernels.numba.buffers import float_output
+from qviz.formats.rounding import fp16_bits, fp16_value, nearest_int
+from qviz.formats.spec import FORMATS, QK_K
+from qviz.kernels.numba.buffers import dequantizer, quantizer, unpacker
 from qviz.kernels.numba.lanes_sym import LANES, from_lanes, q3_quants_lanes, qx_quants_lanes, to_lanes
-from qviz.kernels.numba.search import JIT_OPTIONS  # also teaches numba the functions above
+from qviz.kernels.numba.search import JIT_OPTIONS, read_fp16, write_fp16  # also teaches numba the functions above
 
 SUB = 16  # weights per sub-block
 N_SUB = QK_K // SUB  # sub-blocks per super-block
@@ -87,8 +87,7 @@ def _pack_q3_k(L, sc, d_bits, out):
     for k in range(4):  # scales: top two bits of sc[k], sc[k + 4], sc[k + 8], sc[k + 12]
         out[104 + k] = ((sc[k] >> 4) | ((sc[k + 4] >> 4) << 2)
                         | ((sc[k + 8] >> 4) << 4) | ((sc[k + 12] >> 4) << 6))
-    out[108] = d_bits & 0xFF
-    out[109] = d_bits >> 8
+    write_fp16(out, 108, d_bits)
 
 
 @njit(**JIT_OPTIONS)
@@ -119,7 +118,7 @@ def _q3_k_ref_scales(scales, sc):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize_q3_k(x, imatrix, use_imatrix, out):
+def _quantize_q3_k(x, imatrix, out):
     """Rows x (n_rows, n_cols) float32 -> out (n_rows, n_blocks * 110) uint8.
 
     The sub-block searches of ``BLOCKS_PER_GROUP`` super-blocks run as lanes:
@@ -142,7 +141,7 @@ def _quantize_q3_k(x, imatrix, use_imatrix, out):
         for i0 in range(0, n_blocks, BLOCKS_PER_GROUP):
             n_here = min(BLOCKS_PER_GROUP, n_blocks - i0)
             to_lanes(xr, QK_K * i0, SUB, N_SUB * n_here, xt)
-            if use_imatrix:
+            if imatrix is not None:
                 for g in range(n_here):
                     k = QK_K * (i0 + g)
                     _q3_k_weights(xr[k:k + QK_K], imatrix[k:k + QK_K], weight[QK_K * g:])
@@ -158,7 +157,7 @@ def _quantize_q3_k(x, imatrix, use_imatrix, out):
             for g in range(n_here):
                 k = QK_K * (i0 + g)
                 from_lanes(Lt, N_SUB * g, N_SUB, L)
-                if use_imatrix:
+                if imatrix is not None:
                     d_bits = fp16_bits(make_qx_quants(N_SUB, 32, scale_t[N_SUB * g:], sc, 1, sw[N_SUB * g:]))
                 else:
                     d_bits = _q3_k_ref_scales(scale_t[N_SUB * g:N_SUB * (g + 1)], sc)
@@ -202,8 +201,7 @@ def _pack_q6_k(L, sc, d_bits, out):
                                      | ((L[w + 64] >> 4) << 4) | ((L[w + 96] >> 4) << 6))
     for j in range(N_SUB):
         out[192 + j] = np.uint8(sc[j] & 0xFF)
-    out[208] = d_bits & 0xFF
-    out[209] = d_bits >> 8
+    write_fp16(out, 208, d_bits)
 
 
 @njit(**JIT_OPTIONS)
@@ -226,7 +224,7 @@ def _q6_k_block(x, scales, L, sc, out):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize_q6_k(x, imatrix, use_imatrix, out):
+def _quantize_q6_k(x, imatrix, out):
     """Rows x (n_rows, n_cols) float32 -> out (n_rows, n_blocks * 210) uint8.
 
     The sub-block searches of ``BLOCKS_PER_GROUP`` super-blocks run as lanes.
@@ -245,7 +243,7 @@ def _quantize_q6_k(x, imatrix, use_imatrix, out):
         for i0 in range(0, n_blocks, BLOCKS_PER_GROUP):
             n_here = min(BLOCKS_PER_GROUP, n_blocks - i0)
             to_lanes(xr, QK_K * i0, SUB, N_SUB * n_here, xt)
-            if use_imatrix:
+            if imatrix is not None:
                 to_lanes(imatrix, QK_K * i0, SUB, N_SUB * n_here, wt)
             else:
                 for i in range(SUB):
@@ -300,23 +298,16 @@ def _dequantize_q6_k(packed, y):
 # sum of loop variables and LLVM vectorizes the loops over ``l`` (32 steps of
 # four stores; a loop with fewer stores gets unrolled instead).
 
-@njit(**JIT_OPTIONS)
-def _read_d(b, off):
-    """float32 value of the fp16 ``d`` at ``b[off:off+2]``, from ``FP16_TABLE`` (as the
-    reference reads it, NaN payloads included)."""
-    return FP16_TABLE[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
-
-
 @njit(parallel=True, **JIT_OPTIONS)
-def _unpack_q3_k(packed, codes, scales):
+def _unpack_q3_k(packed, codes, scales, mins):
     """packed (n_rows, n_blocks * 110) uint8 -> codes (n_rows, n_blocks * 256) uint8 0..7
-    and scales (n_rows, n_blocks * 16) float32 ``d * (sc - 32)``, both written."""
+    and scales (n_rows, n_blocks * 16) float32 ``d * (sc - 32)``, both written; ``mins`` is None."""
     n_blocks = packed.shape[1] // Q3_K_SIZE
     for r in prange(packed.shape[0]):
         for i in range(n_blocks):
             b = packed[r, Q3_K_SIZE * i:Q3_K_SIZE * (i + 1)]
             c = codes[r, QK_K * i:QK_K * (i + 1)]
-            d = _read_d(b, 108)
+            d = read_fp16(b, 108)
             for j in range(N_SUB):
                 lo = (np.int64(b[96 + j % 8]) >> (4 * (j // 8))) & 0xF
                 hi = (np.int64(b[104 + j % 4]) >> (2 * (j // 4))) & 3
@@ -330,15 +321,15 @@ def _unpack_q3_k(packed, codes, scales):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _unpack_q6_k(packed, codes, scales):
+def _unpack_q6_k(packed, codes, scales, mins):
     """packed (n_rows, n_blocks * 210) uint8 -> codes (n_rows, n_blocks * 256) uint8 0..63
-    and scales (n_rows, n_blocks * 16) float32 ``d * sc``, both written."""
+    and scales (n_rows, n_blocks * 16) float32 ``d * sc``, both written; ``mins`` is None."""
     n_blocks = packed.shape[1] // Q6_K_SIZE
     for r in prange(packed.shape[0]):
         for i in range(n_blocks):
             b = packed[r, Q6_K_SIZE * i:Q6_K_SIZE * (i + 1)]
             c = codes[r, QK_K * i:QK_K * (i + 1)]
-            d = _read_d(b, 208)
+            d = read_fp16(b, 208)
             for j in range(N_SUB):
                 scales[r, N_SUB * i + j] = d * np.float32(np.int8(b[192 + j]))
             for h in range(2):  # codes 128*h + 32*k + l (bit maps above)
@@ -354,165 +345,11 @@ def _unpack_q6_k(packed, codes, scales):
 
 # ---------------------------------------------------------------- public
 
-def _imatrix_arg(imatrix):
-    """(array, flag) for the kernels: numba gets an empty array when there is no imatrix."""
-    if imatrix is None:
-        return np.zeros(0, dtype=np.float32), False
-    return imatrix, True
+quantize_q3_k = quantizer(__name__, "Q3_K", _quantize_q3_k)
+quantize_q6_k = quantizer(__name__, "Q6_K", _quantize_q6_k)
+dequantize_q3_k = dequantizer(__name__, "Q3_K", _dequantize_q3_k)
+dequantize_q6_k = dequantizer(__name__, "Q6_K", _dequantize_q6_k)
+unpack_q3_k = unpacker(__name__, "Q3_K", _unpack_q3_k)
+unpack_q6_k = unpacker(__name__, "Q6_K", _unpack_q6_k)
 
-
-def quantize_q3_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
-    """Quantize rows to Q3_K, byte-identical to ggml (see :func:`qviz.formats.gguf_k_sym.quantize_q3_k`).
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 110), uint8
-
-    Examples
-    --------
-    >>> x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
-    >>> quantize_q3_k(x).shape
-    (4, 110)
-    """
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * Q3_K_SIZE), dtype=np.uint8)
-    _quantize_q3_k(x, *_imatrix_arg(imatrix), out)
-    return out
-
-
-def dequantize_q3_k(packed: npt.NDArray[np.uint8],
-                  out: np.ndarray | None = None) -> npt.NDArray[np.float32]:
-    """ggml's ``dequantize_row_q3_K`` over rows.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 110), uint8
-    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
-        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-
-    Examples
-    --------
-    >>> dequantize_q3_k(np.zeros((2, 110), dtype=np.uint8)).shape
-    (2, 256)
-    """
-    y = float_output((packed.shape[0], packed.shape[1] // Q3_K_SIZE * QK_K), out)
-    _dequantize_q3_k(packed, y)
-    return y
-
-
-def quantize_q6_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
-    """Quantize rows to Q6_K, byte-identical to ggml (see :func:`qviz.formats.gguf_k_sym.quantize_q6_k`).
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_cols), float32
-        C-contiguous; n_cols a multiple of 256.
-    imatrix : ndarray, shape (n_cols,), float32, or None
-        Importance of each column.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_cols // 256 * 210), uint8
-
-    Examples
-    --------
-    >>> x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
-    >>> quantize_q6_k(x).shape
-    (4, 210)
-    """
-    out = np.empty((x.shape[0], x.shape[1] // QK_K * Q6_K_SIZE), dtype=np.uint8)
-    _quantize_q6_k(x, *_imatrix_arg(imatrix), out)
-    return out
-
-
-def dequantize_q6_k(packed: npt.NDArray[np.uint8],
-                  out: np.ndarray | None = None) -> npt.NDArray[np.float32]:
-    """ggml's ``dequantize_row_q6_K`` over rows.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 210), uint8
-    out : ndarray, shape (n_rows, n_cols), float32, C-contiguous, optional
-        Written instead of a new array (see :mod:`qviz.kernels.numba.buffers`).
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_blocks * 256), float32
-
-    Examples
-    --------
-    >>> dequantize_q6_k(np.zeros((2, 210), dtype=np.uint8)).shape
-    (2, 256)
-    """
-    y = float_output((packed.shape[0], packed.shape[1] // Q6_K_SIZE * QK_K), out)
-    _dequantize_q6_k(packed, y)
-    return y
-
-
-def _unpack(kernel, packed: np.ndarray, type_size: int) -> Unpacked:
-    """Allocate codes (n_rows, n_blocks * 256) uint8 and scales (n_rows, n_blocks * 16)
-    float32 for ``packed``, let ``kernel`` fill them."""
-    packed = np.ascontiguousarray(packed, dtype=np.uint8)
-    n_blocks = packed.shape[1] // type_size
-    codes = np.empty((packed.shape[0], n_blocks * QK_K), dtype=np.uint8)
-    scales = np.empty((packed.shape[0], n_blocks * N_SUB), dtype=np.float32)
-    kernel(packed, codes, scales)
-    return Unpacked(codes, scales)
-
-
-def unpack_q3_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Q3_K rows -> codes and per-16 scales, the arrays of :func:`qviz.formats.gguf_k_sym.unpack_q3_k`.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 110), uint8
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..7 (implied zero 4),
-        ``scales`` (n_rows, n_blocks * 16) float32, each ``d * (sc - 32)``.
-
-    Examples
-    --------
-    >>> x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
-    >>> u = unpack_q3_k(quantize_q3_k(x))
-    >>> u.codes.shape, u.scales.shape, int(u.codes.max()) <= 7
-    ((2, 256), (2, 16), True)
-    """
-    return _unpack(_unpack_q3_k, packed, Q3_K_SIZE)
-
-
-def unpack_q6_k(packed: npt.NDArray[np.uint8]) -> Unpacked:
-    """Q6_K rows -> codes and per-16 scales, the arrays of :func:`qviz.formats.gguf_k_sym.unpack_q6_k`.
-
-    Parameters
-    ----------
-    packed : ndarray, shape (n_rows, n_blocks * 210), uint8
-
-    Returns
-    -------
-    Unpacked
-        ``codes`` (n_rows, n_blocks * 256) uint8 in 0..63 (implied zero 32),
-        ``scales`` (n_rows, n_blocks * 16) float32, each ``d * sc``.
-
-    Examples
-    --------
-    >>> x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
-    >>> u = unpack_q6_k(quantize_q6_k(x))
-    >>> u.codes.shape, u.scales.shape, int(u.codes.max()) <= 63
-    ((2, 256), (2, 16), True)
-    """
-    return _unpack(_unpack_q6_k, packed, Q6_K_SIZE)
+describe_twins(__name__, "numba")

@@ -22,16 +22,16 @@ counting and stay out of LLVM's sight.
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 from numba import njit, prange
 
+from qviz.formats.blocks import describe_twins
 from qviz.formats.gguf_legacy import KVALUES_IQ4NL
-from qviz.formats.rounding import FP16_TABLE
-from qviz.formats.spec import FORMATS, QK, Unpacked
-from qviz.kernels.numba.buffers import float_output
+from qviz.formats.spec import FORMATS, QK
+from qviz.kernels.numba.buffers import dequantizer, quantizer, unpacker
 from qviz.kernels.numba.lanes_sym import (LANES, block_weights_lanes, iq4nl_codes_lanes,
                                           iq4nl_quants_lanes, to_lanes)
-from qviz.kernels.numba.search import JIT_OPTIONS, fp16_bits, make_qkx3_quants, make_qx_quants, round_away
+from qviz.kernels.numba.search import (JIT_OPTIONS, fp16_bits, make_qkx3_quants, make_qx_quants, read_fp16,
+                                       round_away, write_fp16)
 
 F32 = np.float32
 
@@ -44,20 +44,6 @@ IQ4_NL_SIZE = FORMATS["IQ4_NL"].type_size  # 18: d 2, qs 16
 
 
 # ---------------------------------------------------------------- fields
-
-@njit(**JIT_OPTIONS)
-def _put_fp16(o, off, v):
-    """Store float32 ``v`` as the little-endian fp16 at ``o[off:off+2]``."""
-    bits = fp16_bits(v)
-    o[off] = bits & 0xFF
-    o[off + 1] = bits >> 8
-
-
-@njit(**JIT_OPTIONS)
-def _get_fp16(b, off):
-    """float32 value of the little-endian fp16 at ``b[off:off+2]``."""
-    return FP16_TABLE[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
-
 
 @njit(inline="always", **JIT_OPTIONS)
 def _put_nibbles(qs, L):
@@ -218,7 +204,7 @@ def _quantize_symmetric(x, imatrix, out, nmax):
             else:
                 _fill_weights(xb, imatrix[b * QK:(b + 1) * QK], sigma2, weight)
                 d = make_qx_quants(QK, nmax, xb, L, 1, weight)
-            _put_fp16(o, 0, d)
+            write_fp16(o, 0, fp16_bits(d))
             if nmax == 16:
                 _put_high_bits(o[2:6], L)
             _put_nibbles(o[size - 16:], L)
@@ -249,16 +235,16 @@ def _quantize_min(x, imatrix, out, nmax):
                 _fill_weights(xb, imatrix[b * QK:(b + 1) * QK], sigma2, weight)
                 d, the_min = make_qkx3_quants(QK, nmax, xb, weight, L, Laux, -0.9, 0.05, 36, False)
                 m = -the_min
-            _put_fp16(o, 0, d)
-            _put_fp16(o, 2, m)
+            write_fp16(o, 0, fp16_bits(d))
+            write_fp16(o, 2, fp16_bits(m))
             if nmax == 31:
                 _put_high_bits(o[4:8], L)
             _put_nibbles(o[size - 16:], L)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize_q8_0(x, out):
-    """Q8_0 rows into ``out``: ``d = amax/127``, ``q = roundf(x/d)``."""
+def _quantize_q8_0(x, imatrix, out):
+    """Q8_0 rows into ``out``: ``d = amax/127``, ``q = roundf(x/d)``; ``imatrix`` is ignored, as in ggml."""
     n_rows, n_cols = x.shape
     for r in prange(n_rows):
         for b in range(n_cols // QK):
@@ -269,7 +255,7 @@ def _quantize_q8_0(x, out):
                 amax = max(amax, abs(xb[j]))
             d = amax / F32(127.0)
             inv = F32(1.0) / d if d != 0 else F32(0.0)
-            _put_fp16(o, 0, d)
+            write_fp16(o, 0, fp16_bits(d))
             for j in range(QK):
                 o[2 + j] = np.int64(round_away(xb[j] * inv)) & 0xFF  # int8 two's complement
 
@@ -299,7 +285,7 @@ def _quantize_iq4_nl(x, imatrix, out):
             iq4nl_codes_lanes(xt, d, Lt)
             for l in range(n_lanes):
                 o = out[r, (b0 + l) * IQ4_NL_SIZE:(b0 + l + 1) * IQ4_NL_SIZE]
-                _put_fp16(o, 0, d[l])
+                write_fp16(o, 0, fp16_bits(d[l]))
                 for j in range(16):
                     o[2 + j] = Lt[j, l] | (Lt[j + 16, l] << 4)
 
@@ -313,7 +299,7 @@ def _dequantize_q4_0(packed, out):
         y = out[r]
         for b in range(n_cols // QK):
             o = b * Q4_0_SIZE
-            d = _get_fp16(p, o)
+            d = read_fp16(p, o)
             base = b * QK
             for j in range(16):
                 q = np.int32(p[o + 2 + j])
@@ -330,8 +316,8 @@ def _dequantize_q4_1(packed, out):
         y = out[r]
         for b in range(n_cols // QK):
             o = b * Q4_1_SIZE
-            d = _get_fp16(p, o)
-            m = _get_fp16(p, o + 2)
+            d = read_fp16(p, o)
+            m = read_fp16(p, o + 2)
             base = b * QK
             for j in range(16):
                 q = np.int32(p[o + 4 + j])
@@ -355,7 +341,7 @@ def _dequantize_q5_0(packed, out):
         y = out[r]
         for b in range(n_cols // QK):
             o = b * Q5_0_SIZE
-            d = _get_fp16(p, o)
+            d = read_fp16(p, o)
             qh = _get_qh(p, o + 2)
             base = b * QK
             for j in range(16):
@@ -373,8 +359,8 @@ def _dequantize_q5_1(packed, out):
         y = out[r]
         for b in range(n_cols // QK):
             o = b * Q5_1_SIZE
-            d = _get_fp16(p, o)
-            m = _get_fp16(p, o + 2)
+            d = read_fp16(p, o)
+            m = read_fp16(p, o + 2)
             qh = _get_qh(p, o + 4)
             base = b * QK
             for j in range(16):
@@ -398,7 +384,7 @@ def _dequantize_q8_0(packed, out):
         blocks = packed[r].reshape(n_blocks, Q8_0_SIZE)
         y = out[r].reshape(n_blocks, QK)
         for b in range(n_blocks):
-            d = _get_fp16(blocks[b], 0)
+            d = read_fp16(blocks[b], 0)
             qs = blocks[b, 2:]
             yb = y[b]
             for j in range(qs.shape[0]):
@@ -415,7 +401,7 @@ def _dequantize_iq4_nl(packed, out):
         y = out[r]
         for b in range(n_cols // QK):
             o = b * IQ4_NL_SIZE
-            d = _get_fp16(p, o)
+            d = read_fp16(p, o)
             base = b * QK
             for j in range(16):
                 q = np.int32(p[o + 2 + j])
@@ -455,7 +441,7 @@ def _word(p, off):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _unpack_nibbles(packed, size, codes, d, mins, high_bits):
+def _unpack_nibbles(packed, codes, d, mins, size, high_bits):
     """Codes, ``d`` and, for Q4_1 and Q5_1, ``mins = -m`` of rows of 4- and 5-bit blocks.
 
     packed : uint8 (n_rows, n_blocks * size); codes : uint8 (n_rows, n_blocks * 32),
@@ -469,9 +455,9 @@ def _unpack_nibbles(packed, size, codes, d, mins, high_bits):
         for b in range(d.shape[1]):
             p = packed[r, size * b:size * (b + 1)]
             w = words[4 * b:4 * (b + 1)]
-            d[r, b] = _get_fp16(p, 0)
+            d[r, b] = read_fp16(p, 0)
             if mins is not None:
-                mins[r, b] = -_get_fp16(p, 2)
+                mins[r, b] = -read_fp16(p, 2)
             qs = p[size - 16:]
             w0 = _word(qs, 0)
             w1 = _word(qs, 8)
@@ -486,167 +472,40 @@ def _unpack_nibbles(packed, size, codes, d, mins, high_bits):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _unpack_q8_0(packed, codes, d):
+def _unpack_q8_0(packed, codes, d, mins):
     """Q8_0 rows: packed uint8 (n_rows, n_blocks * 34) -> codes uint8 (n_rows, n_blocks * 32)
-    and d float32 (n_rows, n_blocks), both written."""
+    and d float32 (n_rows, n_blocks), both written; ``mins`` is None."""
     for r in prange(codes.shape[0]):
         words = codes[r].view(np.uint64)  # (n_blocks * 4,): four words per block
         for b in range(d.shape[1]):
             p = packed[r, Q8_0_SIZE * b:Q8_0_SIZE * (b + 1)]
-            d[r, b] = _get_fp16(p, 0)
+            d[r, b] = read_fp16(p, 0)
             for k in range(4):
                 words[4 * b + k] = _word(p, 2 + 8 * k) ^ SIGN_BITS
 
 
 # ---------------------------------------------------------- public names
 
-def _out(type_name: str, x: np.ndarray) -> np.ndarray:
-    """Zeroed packed rows for ``x`` (n_rows, n_cols): (n_rows, row_bytes) uint8."""
-    return np.zeros((x.shape[0], FORMATS[type_name].row_bytes(x.shape[1])), dtype=np.uint8)
+_LEVELS = KVALUES_IQ4NL.astype(F32)
+quantize_q4_0 = quantizer(__name__, "Q4_0", _quantize_symmetric, 8)
+quantize_q4_1 = quantizer(__name__, "Q4_1", _quantize_min, 15)
+quantize_q5_0 = quantizer(__name__, "Q5_0", _quantize_symmetric, 16)
+quantize_q5_1 = quantizer(__name__, "Q5_1", _quantize_min, 31)
+quantize_q8_0 = quantizer(__name__, "Q8_0", _quantize_q8_0)
+quantize_iq4_nl = quantizer(__name__, "IQ4_NL", _quantize_iq4_nl)
 
+dequantize_q4_0 = dequantizer(__name__, "Q4_0", _dequantize_q4_0)
+dequantize_q4_1 = dequantizer(__name__, "Q4_1", _dequantize_q4_1)
+dequantize_q5_0 = dequantizer(__name__, "Q5_0", _dequantize_q5_0)
+dequantize_q5_1 = dequantizer(__name__, "Q5_1", _dequantize_q5_1)
+dequantize_q8_0 = dequantizer(__name__, "Q8_0", _dequantize_q8_0)
+dequantize_iq4_nl = dequantizer(__name__, "IQ4_NL", _dequantize_iq4_nl)
 
-def _cols(type_name: str, packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Output rows for ``packed`` (n_rows, row_bytes): (n_rows, n_cols) float32, ``out`` if given."""
-    lay = FORMATS[type_name]
-    return float_output((packed.shape[0], packed.shape[1] // lay.type_size * lay.block_size), out)
+unpack_q4_0 = unpacker(__name__, "Q4_0", _unpack_nibbles, Q4_0_SIZE, None)
+unpack_q4_1 = unpacker(__name__, "Q4_1", _unpack_nibbles, Q4_1_SIZE, None, mins=True)
+unpack_q5_0 = unpacker(__name__, "Q5_0", _unpack_nibbles, Q5_0_SIZE, HIGH_BITS)
+unpack_q5_1 = unpacker(__name__, "Q5_1", _unpack_nibbles, Q5_1_SIZE, HIGH_BITS, mins=True)
+unpack_q8_0 = unpacker(__name__, "Q8_0", _unpack_q8_0)
+unpack_iq4_nl = unpacker(__name__, "IQ4_NL", _unpack_nibbles, IQ4_NL_SIZE, None, codebook=_LEVELS)
 
-
-def quantize_q4_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Q4_0 bytes of rows ``x`` (n_rows, n_cols) float32 -> (n_rows, n_cols // 32 * 18) uint8.
-
-    Same contract as :func:`qviz.formats.gguf_legacy.quantize_q4_0`.
-    """
-    out = _out("Q4_0", x)
-    _quantize_symmetric(np.ascontiguousarray(x), imatrix, out, 8)
-    return out
-
-
-def quantize_q5_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Q5_0 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 22) uint8 (see the reference)."""
-    out = _out("Q5_0", x)
-    _quantize_symmetric(np.ascontiguousarray(x), imatrix, out, 16)
-    return out
-
-
-def quantize_q4_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Q4_1 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 20) uint8 (see the reference)."""
-    out = _out("Q4_1", x)
-    _quantize_min(np.ascontiguousarray(x), imatrix, out, 15)
-    return out
-
-
-def quantize_q5_1(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Q5_1 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 24) uint8 (see the reference)."""
-    out = _out("Q5_1", x)
-    _quantize_min(np.ascontiguousarray(x), imatrix, out, 31)
-    return out
-
-
-def quantize_q8_0(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """Q8_0 bytes of rows ``x`` -> (n_rows, n_cols // 32 * 34) uint8; ``imatrix`` is ignored, as in ggml."""
-    out = _out("Q8_0", x)
-    _quantize_q8_0(x, out)
-    return out
-
-
-def quantize_iq4_nl(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
-    """IQ4_NL bytes of rows ``x`` -> (n_rows, n_cols // 32 * 18) uint8 (see the reference)."""
-    out = _out("IQ4_NL", x)
-    _quantize_iq4_nl(x, imatrix, out)
-    return out
-
-
-def dequantize_q4_0(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Q4_0 bytes (n_rows, row_bytes) -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q4_0``."""
-    out = _cols("Q4_0", packed, out)
-    _dequantize_q4_0(packed, out)
-    return out
-
-
-def dequantize_q4_1(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Q4_1 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q4_1``."""
-    out = _cols("Q4_1", packed, out)
-    _dequantize_q4_1(packed, out)
-    return out
-
-
-def dequantize_q5_0(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Q5_0 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q5_0``."""
-    out = _cols("Q5_0", packed, out)
-    _dequantize_q5_0(packed, out)
-    return out
-
-
-def dequantize_q5_1(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Q5_1 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q5_1``."""
-    out = _cols("Q5_1", packed, out)
-    _dequantize_q5_1(packed, out)
-    return out
-
-
-def dequantize_q8_0(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Q8_0 bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_q8_0``."""
-    out = _cols("Q8_0", packed, out)
-    _dequantize_q8_0(np.ascontiguousarray(packed), out)  # the kernel views rows as blocks
-    return out
-
-
-def dequantize_iq4_nl(packed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """IQ4_NL bytes -> float32 (n_rows, n_cols), ggml's ``dequantize_row_iq4_nl``."""
-    out = _cols("IQ4_NL", packed, out)
-    _dequantize_iq4_nl(packed, out)
-    return out
-
-
-def _unpacked(type_name: str, packed: np.ndarray) -> Unpacked:
-    """Allocate the arrays of :class:`Unpacked` for ``packed`` and let the kernel fill them."""
-    lay = FORMATS[type_name]
-    packed = np.ascontiguousarray(packed, dtype=np.uint8)
-    n_rows, n_blocks = packed.shape[0], packed.shape[1] // lay.type_size
-    codes = np.empty((n_rows, n_blocks * QK), dtype=np.uint8)
-    d = np.empty((n_rows, n_blocks), dtype=F32)
-    has_m = any(f.name == "m" for f in lay.fields)
-    mins = np.empty((n_rows, n_blocks), dtype=F32) if has_m else None
-    if lay.bits == 8:
-        _unpack_q8_0(packed, codes, d)
-    else:
-        _unpack_nibbles(packed, lay.type_size, codes, d, mins, HIGH_BITS if lay.bits == 5 else None)
-    return Unpacked(codes, d, mins)
-
-
-def unpack_q4_0(packed: np.ndarray) -> Unpacked:
-    """Q4_0 bytes (n_rows, row_bytes) -> codes (n_rows, n_cols) uint8 0..15 and scales ``d``
-    (n_rows, n_blocks) float32: the very arrays of :func:`qviz.formats.gguf_legacy.unpack_q4_0`."""
-    return _unpacked("Q4_0", packed)
-
-
-def unpack_q4_1(packed: np.ndarray) -> Unpacked:
-    """Q4_1 bytes -> codes 0..15, scales ``d`` and mins ``-m`` (the reference's arrays)."""
-    return _unpacked("Q4_1", packed)
-
-
-def unpack_q5_0(packed: np.ndarray) -> Unpacked:
-    """Q5_0 bytes -> codes 0..31 and scales ``d`` (the reference's arrays)."""
-    return _unpacked("Q5_0", packed)
-
-
-def unpack_q5_1(packed: np.ndarray) -> Unpacked:
-    """Q5_1 bytes -> codes 0..31, scales ``d`` and mins ``-m`` (the reference's arrays)."""
-    return _unpacked("Q5_1", packed)
-
-
-def unpack_q8_0(packed: np.ndarray) -> Unpacked:
-    """Q8_0 bytes -> codes ``qs + 128`` and scales ``d`` (the reference's arrays)."""
-    return _unpacked("Q8_0", packed)
-
-
-def unpack_iq4_nl(packed: np.ndarray) -> Unpacked:
-    """IQ4_NL bytes -> codes 0..15, scales ``d`` and ``codebook = kvalues_iq4nl`` (the reference's arrays).
-
-    Examples
-    --------
-    >>> u = unpack_iq4_nl(quantize_iq4_nl(np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)))
-    >>> u.codes.shape, u.scales.shape, u.codebook[:3]
-    ((2, 32), (2, 1), array([-127., -104.,  -83.], dtype=float32))
-    """
-    return _unpacked("IQ4_NL", packed)._replace(codebook=KVALUES_IQ4NL.astype(F32))
+describe_twins(__name__, "numba")

@@ -24,6 +24,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload, register_jitable
 
 from qviz.formats import ggml_search, rounding
+from qviz.formats.rounding import FP16_TABLE
 
 #: the jit options of every qviz format kernel that calls these helpers.
 JIT_OPTIONS = {"cache": True, "error_model": "numpy"}
@@ -32,7 +33,6 @@ _ROUNDING = ("nearest_int", "round_away", "fp16_value", "fp16_round")
 _SEARCH = ("_qx_weight", "_min_weight", "make_qx_quants", "make_q3_quants",
            "make_qkx2_quants", "make_qkx3_quants", "make_qp_quants",
            "best_index_int8", "make_iq4nl_quants")
-
 
 
 @intrinsic
@@ -95,8 +95,21 @@ def fp16_bits(x):
     return rounding.fp16_bits(x)
 
 
-
 fp16_value = njit(**JIT_OPTIONS)(rounding.fp16_value)
+
+
+@njit(**JIT_OPTIONS)
+def read_fp16(b, off):
+    """float32 value of the little-endian fp16 field at ``b[off:off+2]`` (uint8), from
+    :data:`~qviz.formats.rounding.FP16_TABLE`: the value the references read, NaN payloads included."""
+    return FP16_TABLE[np.int64(b[off]) | (np.int64(b[off + 1]) << 8)]
+
+
+@njit(**JIT_OPTIONS)
+def write_fp16(b, off, bits):
+    """Store the fp16 bit pattern ``bits`` as the little-endian field ``b[off:off+2]`` (uint8)."""
+    b[off] = bits & 0xFF
+    b[off + 1] = bits >> 8
 make_qx_quants = njit(**JIT_OPTIONS)(ggml_search.make_qx_quants)
 make_q3_quants = njit(**JIT_OPTIONS)(ggml_search.make_q3_quants)
 make_qkx2_quants = njit(**JIT_OPTIONS)(ggml_search.make_qkx2_quants)
