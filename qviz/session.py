@@ -136,6 +136,43 @@ class Setting:
         options.update(given)
         return cls(method, tuple(sorted(options.items())))
 
+    def check(self) -> Setting:
+        """This setting, its option values checked as :func:`qviz.quantize` checks them.
+
+        Each value is checked by its registry record (:meth:`qviz.registry.Option.check`
+        of :func:`control_options`, where ``imatrix`` is on/off), so an
+        explorer refuses ``bits=9`` with the message ``qviz.quantize`` gives
+        ("bits=9: choose an integer from 2 to 8") before it builds controls.
+
+        Returns
+        -------
+        Setting
+            Equal to this one, numpy numbers as Python ones.
+
+        Raises
+        ------
+        ValueError
+            For a value out of range or not among the choices.
+        TypeError
+            For a value of the wrong kind (``sym="yes"``).
+
+        Examples
+        --------
+        >>> Setting.of(("rtn", {"bits": 9})).check()
+        Traceback (most recent call last):
+        ...
+        ValueError: bits=9: choose an integer from 2 to 8
+        """
+        imatrix = dict(self.options).get("imatrix", False)
+        if not isinstance(imatrix, (bool, np.bool_)):
+            raise TypeError(f"{self.method}: imatrix is on or off here (got {type(imatrix).__name__}): "
+                            f"pass imatrix=True and calib= (the layer's inputs), and the imatrix is "
+                            f"computed from them (qviz.imatrix)")
+        schema = {o.name: o for o in control_options(self.method)}
+        options = tuple((k, schema[k].check(self.method, bool(v) if k == "imatrix" else v))
+                        for k, v in self.options)
+        return dataclasses.replace(self, options=options)
+
     @property
     def kwargs(self) -> dict:
         return dict(self.options)

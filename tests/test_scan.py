@@ -94,9 +94,10 @@ def test_dask_cluster_gives_the_local_result(weights):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         remote = scan(weights, SETTINGS, client=client, calib=calib, progress=False)
         assert set(client.has_what()) and len(client.scheduler_info()["workers"]) == 2
-        # an error in a task reaches the caller as itself
-        with pytest.raises(ValueError, match="bits=9"):
-            scan(weights, [("rtn", {"bits": 9})], client=client, progress=False)
+        # an error in a task reaches the caller as itself (bad options are refused before any task)
+        zeros = {n: np.zeros((4, w.shape[1]), np.float32) for n, w in weights.items()}
+        with pytest.raises(ValueError, match="W·Xᵀ is all zero"):
+            scan(weights, ["Q8_0"], client=client, calib=zeros, progress=False)
     assert remote.types == local.types and remote.layers == local.layers
     for m in MEASURES:
         np.testing.assert_array_equal(getattr(remote, m), getattr(local, m))

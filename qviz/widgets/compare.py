@@ -12,6 +12,7 @@ import ipywidgets as widgets
 
 from qviz.plots import compare as compare_plots
 from qviz.session import METRIC_COLUMNS, Layer, Setting, measure, rank, resolve_for, settings_of
+from qviz.widgets import controls
 from qviz.widgets.explore import Explorer
 from qviz.widgets.figure import FigureView
 
@@ -34,6 +35,8 @@ class Comparison(widgets.VBox):
         One row per setting (class ``qviz-compare-table``).
     figure : FigureView
         Traces ``settings`` (one point per successful setting) and ``Pareto front``.
+    message : HTML
+        Empty, or what a click raised (:meth:`show_error`; class ``qviz-message``).
     detail : VBox
         Holds the explorer of the clicked point.
     explorer : Explorer or None
@@ -49,24 +52,39 @@ class Comparison(widgets.VBox):
         self.figure = FigureView(compare_plots.pareto_figure(
             ranking.point_labels, ranking.bits_per_weight, ranking.error, ranking.error_name))
         self.figure.on_click(self._on_click)
+        self.message = widgets.HTML()
+        self.message.add_class("qviz-message")
         self.detail = widgets.VBox()
         self.explorer = None
         acts = layer.calibration or "none (the error is the weight MSE)"
         header = widgets.HTML(f"<b>{html.escape(layer.name)}</b> · {layer.shape[0]} × {layer.shape[1]} "
                               f"weights, {len(settings)} settings<br><small>activations: "
                               f"{html.escape(acts)}</small>")
-        super().__init__([header, self.table, self.figure, self.detail])
+        super().__init__([header, self.table, self.figure, self.message, self.detail])
         self.add_class("qviz-compare")
 
+    def show_error(self, text: str) -> None:
+        """Show ``text``, the error a click raised, above the detail (see ``shows_errors``)."""
+        self.message.value = controls.error_html(text)
+
+    @controls.shows_errors
     def _on_click(self, trace: int, index, x, y) -> None:
         if trace == 0 and isinstance(index, int):  # a point of ``settings``
             self.show(self.points[index])
 
     def show(self, index: int) -> Explorer:
-        """Explore ``settings[index]`` below the plot (replacing the previous one)."""
+        """Explore ``settings[index]`` below the plot (replacing the previous one).
+
+        Raises
+        ------
+        ValueError, TypeError
+            For a setting whose options the explorer refuses (``bits=9``: the
+            registry's message, as in its row of the table).
+        """
         setting = self.settings[index]
         self.explorer = Explorer(self.layer, setting)
         self.detail.children = [widgets.HTML(f"<h4>{html.escape(setting.label)}</h4>"), self.explorer]
+        self.message.value = ""
         return self.explorer
 
 
@@ -91,8 +109,16 @@ def compare(obj, methods, calib=None, *, weight=None) -> Comparison:
     -------
     Comparison
         Its ``figure`` has one point per setting that worked; a setting that
-        failed shows its message in the table. Clicking a point opens it in
-        an explorer below.
+        failed shows its message in the table, an option value out of range
+        included (``("rtn", {"bits": 9})``: "bits=9: choose an integer from 2
+        to 8", the message of :func:`qviz.quantize`), as the static report
+        does. Clicking a point opens it in an explorer below.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a malformed list, an unknown method, or an option the method does
+        not take.
 
     Examples
     --------

@@ -6,7 +6,9 @@ The widget is state plus render. Its state is the values of its controls
 asks the layer for that setting's summary (quantized through ``qviz.quantize``
 once per setting, then cached) and redraws every view from the pure functions
 of :mod:`qviz.plots.layer` onto its :class:`~qviz.widgets.figure.FigureView` s.
-Callbacks hold no quantization arithmetic.
+Callbacks hold no quantization arithmetic, and every one is guarded by
+:func:`qviz.widgets.controls.shows_errors`: what it raises is shown in
+``message`` (:meth:`Explorer.show_error`), and the next good change renders.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ log = logging.getLogger(__name__)
 VIEWS = ("weights", "scales", "errors", "error_histogram", "group")
 #: where explore starts when neither a result nor a method is given
 DEFAULT_SETTING = ("rtn", {"bits": 4, "group_size": 128})
-_WARN = "color:#D55E00"  # Okabe–Ito vermillion
 
 
 def _cell() -> widgets.Layout:
@@ -55,8 +56,9 @@ class Explorer(widgets.VBox):
       w, ŵ). Traces are updated in place, never replaced. Clicking a heatmap
       cell selects the worst group inside it.
     * ``metrics`` : HTML, the metrics panel (contains "<bpw> bits per weight").
-    * ``message`` : HTML, empty or a sentence: a bad setting's error, the
-      fallback a K-quant got ("Q4_K → Q5_0 for 384-wide rows …").
+    * ``message`` : HTML, empty or a sentence: the error a change raised
+      (a bad setting's, any callback's: :meth:`show_error`), the fallback a
+      K-quant got ("Q4_K → Q5_0 for 384-wide rows …").
     * ``view_messages`` : dict of HTML, one per view: empty, or the error
       that view raised (the other views carry on).
     * ``header`` : HTML naming the layer and which activations are used.
@@ -67,6 +69,7 @@ class Explorer(widgets.VBox):
     """
 
     def __init__(self, layer: Layer, setting: Setting):
+        setting = setting.check()  # bits=9 is the registry's message, not a TraitError of a control
         self.layer = layer
         self.setting = setting
         self.summary = None
@@ -137,11 +140,8 @@ class Explorer(widgets.VBox):
             self.controls["method"].value = setting.method
             for key, value in setting.options:
                 control = self.controls.get(key)
-                if control is None:
-                    continue
-                if isinstance(control, widgets.Dropdown):
-                    controls.offer(control, value)
-                control.value = value
+                if control is not None:
+                    controls.set_value(control, key, value)
         finally:
             self._busy = False
 
@@ -155,14 +155,17 @@ class Explorer(widgets.VBox):
             options[key] = float(f"{value:.4g}") if isinstance(value, float) else value
         return Setting.of((method, options))
 
+    @controls.shows_errors
     def _on_setting(self, change) -> None:
         if not self._busy:
             self._update()
 
+    @controls.shows_errors
     def _on_select(self, change) -> None:
         if not self._busy:
             self.select(self.controls["row"].value, self.controls["group"].value)
 
+    @controls.shows_errors
     def _on_heatmap_click(self, trace: int, index, x, y) -> None:
         """A heatmap cell (x: its first group, y: its first row) → the worst group inside it."""
         if self.summary is None or x is None or y is None:
@@ -171,22 +174,27 @@ class Explorer(widgets.VBox):
         self.select(*worst_in_block(grid, int(y), int(x), block_shape(*grid.shape)))
 
     # ---- render -------------------------------------------------------------------------
+    def show_error(self, text: str) -> None:
+        """Show ``text``, the error a change raised, as the message (see ``shows_errors``).
+
+        The message names the setting the controls now hold and, when an
+        earlier one rendered, says that the figures still show that one.
+        """
+        try:
+            label = self._current_setting().label
+        except Exception:  # the controls themselves are what failed
+            label = str(self.controls["method"].value)
+        shown = f"; the figures still show {self.setting.label}" if self.summary else ""
+        self.message.value = controls.error_html(f"{label}: {text}") + html.escape(shown)
+
+    @controls.shows_errors
     def _update(self) -> None:
         """Controls → setting → (cached) summary → every view."""
         options = {k: c for k, c in self.controls.items() if k not in ("method", "row", "group")}
         method = self.controls["method"].value
         controls.show_only(options, method_options(method) if self.layer.has_weight else ())
-        label = method
-        try:
-            setting = self._current_setting()
-            label = setting.label
-            s = self.layer.summary(setting)
-        except Exception as e:  # a bad setting is a message, never a traceback
-            log.info("explore: %s failed", label, exc_info=True)
-            shown = f"; the figures still show {self.setting.label}" if self.summary else ""
-            self.message.value = (f"<span style='{_WARN}'>⚠ {html.escape(label)}: "
-                                  f"{html.escape(str(e))}</span>{html.escape(shown)}")
-            return
+        setting = self._current_setting()
+        s = self.layer.summary(setting)  # a bad setting raises: shown by show_error
         first = self.summary is None
         self.setting, self.summary = setting, s
         notes = [fallback_note(s.result)]
@@ -238,15 +246,14 @@ class Explorer(widgets.VBox):
                 self.figures[name].draw(self._figure(name))
                 self.view_messages[name].value = ""
             except Exception as e:
-                log.warning("explore: the %s view failed", name, exc_info=True)
-                self.view_messages[name].value = (f"<span style='{_WARN}'>⚠ this view failed: "
-                                                  f"{html.escape(type(e).__name__)}: "
-                                                  f"{html.escape(str(e))}</span>")
+                log.info("explore: the %s view failed", name, exc_info=True)
+                self.view_messages[name].value = controls.error_html(
+                    f"this view failed: {type(e).__name__}: {e}")
         try:
             self.metrics.value = layer_plots.metrics_html(self.summary, self.layer.calibration)
         except Exception as e:
-            log.warning("explore: the metrics panel failed", exc_info=True)
-            self.metrics.value = f"<span style='{_WARN}'>⚠ metrics failed: {html.escape(str(e))}</span>"
+            log.info("explore: the metrics panel failed", exc_info=True)
+            self.metrics.value = controls.error_html(f"metrics failed: {type(e).__name__}: {e}")
 
 
 def explore(obj, calib=None, *, weight=None, method: str | None = None, **options) -> Explorer:
@@ -287,7 +294,13 @@ def explore(obj, calib=None, *, weight=None, method: str | None = None, **option
     Raises
     ------
     TypeError
-        For an object of another kind (the message lists the accepted ones).
+        For an object of another kind (the message lists the accepted ones),
+        an option the method does not take, or an option value of the wrong
+        kind.
+    ValueError
+        For an unknown method or an option value out of range, with the
+        message :func:`qviz.quantize` gives (``bits=9: choose an integer from
+        2 to 8``).
 
     Examples
     --------
@@ -300,6 +313,6 @@ def explore(obj, calib=None, *, weight=None, method: str | None = None, **option
     """
     if method is None and options:
         raise TypeError(f"options {', '.join(options)} need a method=, e.g. method='rtn'")
-    setting = None if method is None else Setting.of((method, options))  # bad settings fail first
+    setting = None if method is None else Setting.of((method, options)).check()  # bad settings fail first
     layer, given = resolve(obj, calib, weight=weight)
     return Explorer(layer, setting or given or Setting.of(DEFAULT_SETTING))

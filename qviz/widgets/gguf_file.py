@@ -4,7 +4,9 @@ State: the file, the picked tensor and the type to requantize it to. Views
 come from :class:`TensorViews`, which calls :func:`qviz.quantize` and
 :func:`qviz.summary.summarize` and keeps the last few results; the
 figures are the functions of :mod:`qviz.plots.layer`. Callbacks only set state
-and redraw; a failure shows as a message inside the widget.
+and redraw; each is guarded by :func:`qviz.widgets.controls.shows_errors`, so
+anything one raises (a type gguf-py cannot decode, a type the rows do not fit)
+shows as a message inside the widget, and the next good pick renders.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from qviz.io import demo, gguf
 from qviz.plots.layer import metrics_html, scale_heatmap, weight_histogram
 from qviz.session import fallback_note
 from qviz.summary import summarize, weight_stats
+from qviz.widgets import controls
 from qviz.widgets.figure import FigureView
 
 #: tensors whose views are kept (decoded weights and summaries)
@@ -170,7 +173,7 @@ class GGUFExplorer(widgets.VBox):
         the requantized ones and one group's levels (histogram).
     tensor_info, metrics, message : ipywidgets.HTML
         The picked tensor; the requantize panel (contains "<bpw> bits per
-        weight"); empty or what went wrong.
+        weight"); empty or what went wrong (:meth:`show_error`).
     """
 
     def __init__(self, f, tensor: str | None = None, type_name: str = "Q4_K"):
@@ -187,6 +190,7 @@ class GGUFExplorer(widgets.VBox):
         self.message = widgets.HTML()
         self.histogram = FigureView()
         self.blocks = FigureView()
+        self._drawn: dict[str, object] = {}  # what blocks and the requantize panel show now
         style = widgets.HTML("<style>.qviz-gguf-tensors select {font-family: monospace;"
                              " font-size: 12px; white-space: pre}</style>")
         super().__init__([style, widgets.HTML(_file_html(f)), self.filter, self.tensors,
@@ -194,24 +198,54 @@ class GGUFExplorer(widgets.VBox):
                           self.histogram])
         self.add_class("qviz-gguf")
         self.filter.observe(self._on_filter, names="value")
-        self.tensors.observe(lambda change: self.show_tensor(), names="value")
-        self.type.observe(lambda change: self.show_requantized(), names="value")
-        self.show_tensor()
+        self.tensors.observe(self._on_tensor, names="value")
+        self.type.observe(self._on_type, names="value")
+        self._on_tensor(None)
 
+    @controls.shows_errors
     def _on_filter(self, change) -> None:
         picked = [(label, name) for label, name in self.labels if change["new"] in name]
         if picked:
             self.tensors.options = picked
             self.message.value = ""
         else:
-            self.message.value = self._error(f"no tensor name contains {change['new']!r}")
+            self.message.value = controls.error_html(f"no tensor name contains {change['new']!r}")
 
-    @staticmethod
-    def _error(text: str) -> str:
-        return f"<div class='qviz-error' style='color:#D55E00'>{html.escape(text)}</div>"
+    @controls.shows_errors
+    def _on_tensor(self, change) -> None:
+        self.show_tensor()
+
+    @controls.shows_errors
+    def _on_type(self, change) -> None:
+        self.show_requantized()
+
+    def show_error(self, text: str) -> None:
+        """Show ``text``, the error a pick raised, and clear the figures it left stale.
+
+        What the callbacks call (see ``shows_errors``): the blocks stay when
+        they are the picked tensor's; the requantize panel and histogram stay
+        only when they show the picked tensor as the picked type.
+        """
+        self.message.value = controls.error_html(text)
+        name = self.tensors.value
+        if self._drawn.get("blocks") != name:
+            self.blocks.clear()
+            self._drawn.pop("blocks", None)
+        if self._drawn.get("requantized") != (name, self.type.value):
+            self.histogram.clear()
+            self.metrics.value = ""
+            self._drawn.pop("requantized", None)
 
     def show_tensor(self) -> None:
-        """Draw the picked tensor's stored blocks, then its requantization."""
+        """Draw the picked tensor's stored blocks, then its requantization.
+
+        Raises
+        ------
+        NotImplementedError
+            For a type gguf-py cannot decode (Q8_1, Q8_K, …).
+        ValueError
+            For a 1-D tensor, or rows the chosen type cannot store.
+        """
         name = self.tensors.value
         if name is None:
             return
@@ -219,34 +253,31 @@ class GGUFExplorer(widgets.VBox):
         self.tensor_info.value = (f"<b>{html.escape(name)}</b>: {info.type_name}, shape "
                                   f"{' × '.join(map(str, info.shape))}, "
                                   f"{info.bits_per_weight:.4g} bits per weight, {_human(info.n_bytes)}")
-        try:
-            stored = self.views.stored(name).summary
-        except (ValueError, NotImplementedError) as e:
-            self.message.value = self._error(str(e))
-            self.blocks.clear()
-            self.histogram.clear()
-            self.metrics.value = ""
-            return
+        stored = self.views.stored(name).summary
         self.message.value = ""
         if stored is None:
             self.blocks.clear(f"{info.type_name} stores plain numbers: no block scales")
         else:
             self.blocks.draw(scale_heatmap(stored))
+        self._drawn["blocks"] = name
         self.show_requantized()
 
     def show_requantized(self) -> None:
-        """Draw what storing the picked tensor as the chosen type would change."""
-        name = self.tensors.value
-        try:
-            req = self.views.requantized(name, self.type.value)
-        except ValueError as e:
-            self.message.value = self._error(str(e))
-            self.metrics.value = ""
-            self.histogram.clear()
+        """Draw what storing the picked tensor as the chosen type would change.
+
+        Raises
+        ------
+        NotImplementedError, ValueError
+            As :meth:`show_tensor`.
+        """
+        name, type_name = self.tensors.value, self.type.value
+        if name is None:
             return
+        req = self.views.requantized(name, type_name)
         self.message.value = ""
         self.metrics.value = _requant_html(self.views.f.tensor(name), req)
         self.histogram.draw(weight_histogram(req.summary, *req.summary.worst_group))
+        self._drawn["requantized"] = (name, type_name)
 
 
 def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K") -> GGUFExplorer:

@@ -6,6 +6,14 @@ calibration inputs, or without calibration the weight SQNR and MSE. The cells
 are independent, so the grid runs locally or, given a ``dask.distributed``
 client, on a cluster: every weight (and its activations) is scattered once and
 each cell is one task.
+
+On a cluster, a worker that dies loses the cells it was running and the
+weights scattered to it. Finished cells are kept; the scheduler reruns a cell
+whose worker died (up to ``distributed.scheduler.allowed-failures`` times),
+and cells lost with scattered data are sent again, weights re-scattered, up to
+:data:`RESUBMITS` times. When cells still cannot finish, :func:`scan` raises
+:class:`ScanIncomplete`, which says a worker died and holds the partial
+:class:`ScanResult` (NaN in the cells that did not finish).
 """
 from __future__ import annotations
 
@@ -16,6 +24,8 @@ import numpy as np
 
 #: the per-cell numbers, in the order ScanResult holds them
 MEASURES = ("bits_per_weight", "mse", "sqnr_db", "max_abs_error", "relative_output_error")
+#: times the cells a dying worker lost (with the weights scattered to it) are sent again
+RESUBMITS = 3
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class ScanResult:
     relative_output_error : ndarray, shape (n_layers, n_settings), float64, or None
         ``‖(W - Ŵ)Xᵀ‖² / ‖WXᵀ‖²`` on the calibration inputs; None without them.
     notes : list of str
-        Why cells were skipped.
+        Why cells were skipped (or, in :attr:`ScanIncomplete.result`, lost).
     """
 
     layers: list[str]
@@ -88,20 +98,46 @@ class ScanResult:
                 f"metric={self.metric!r})")
 
 
+class ScanIncomplete(RuntimeError):
+    """A scan on a cluster whose dead workers left cells unfinished.
+
+    The message says that a worker died, how many cells finished and which
+    were lost; ``result`` is the :class:`ScanResult` of the cells that did
+    finish (NaN, type ``""`` and a note for each lost one).
+
+    Attributes
+    ----------
+    result : ScanResult
+        The partial scan.
+    lost : list of (str, str)
+        (layer, setting) of each cell that did not finish.
+    """
+
+    def __init__(self, message: str, result: ScanResult, lost: list[tuple[str, str]]):
+        super().__init__(message)
+        self.result = result
+        self.lost = lost
+
+
 def check_settings(settings) -> list:
     """Normalize ``settings`` to :class:`~qviz.session.Setting` s (the explorers' own).
+
+    Option values are checked by the registry (:meth:`qviz.session.Setting.check`)
+    before any cell runs: ``("rtn", {"bits": 9})`` raises "bits=9: choose an
+    integer from 2 to 8", as :func:`qviz.quantize` would.
 
     Raises
     ------
     TypeError, ValueError
-        For a malformed item, an unknown method or option, or a repeated setting.
+        For a malformed item, an unknown method or option, an option value
+        out of range or of the wrong kind, or a repeated setting.
     """
     from qviz.session import Setting
 
     if isinstance(settings, (str, tuple)) or not isinstance(settings, Sequence) or not settings:
         raise TypeError(f"settings must be a non-empty list such as ['Q4_K', ('rtn', "
                         f"{{'bits': 4}})], got {settings!r}")
-    out = [Setting.of(item) for item in settings]
+    out = [Setting.of(item).check() for item in settings]
     labels = [s.label for s in out]
     repeated = sorted({lab for lab in labels if labels.count(lab) > 1})
     if repeated:
@@ -227,22 +263,54 @@ def _run_local(weights, acts, cells, bar):
         bar.update()
 
 
-def _run_on_cluster(client, weights, acts, cells, bar):
-    from distributed import as_completed
+def _run_on_cluster(client, weights, acts, cells, bar, lost: dict):
+    """Run ``cells`` on the cluster, yielding ((i, j), cell) as they finish.
 
-    # lists, not dicts: a scattered dict's keys become task keys, and weights and
-    # activations share their names. hash=False: content-hashed keys would be shared
-    # with an earlier scan of the same arrays, whose clean-up below would cancel them.
-    w_futures = dict(zip(weights, client.scatter(list(weights.values()), hash=False)))  # each sent once
-    x_futures = dict(zip(acts, client.scatter(list(acts.values()), hash=False))) if acts else {}
-    tasks = {client.submit(measure, w_futures[name], setting, x_futures.get(name), pure=False): (i, j)
-             for i, j, name, setting in cells}
-    try:
-        for future in as_completed(tasks):
-            yield tasks[future], future.result()
-            bar.update()
-    finally:
-        client.cancel([*tasks, *w_futures.values(), *x_futures.values()])
+    A cell lost with a dead worker is sent again in the next round (at most
+    :data:`RESUBMITS` rounds), its weight and activations scattered again; a
+    cell the scheduler gave up on (``KilledWorker``: its workers died more than
+    ``allowed-failures`` times) is not. What could not finish is left in
+    ``lost``: (i, j) -> the error. An error a cell raises itself (a bad
+    setting) propagates as it is.
+    """
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker, as_completed
+
+    pending = list(cells)
+    for _ in range(1 + RESUBMITS):
+        names = list(dict.fromkeys(name for _, _, name, _ in pending))
+        # lists, not dicts: a scattered dict's keys become task keys, and weights and
+        # activations share their names. hash=False: content-hashed keys would be shared
+        # with an earlier scan of the same arrays, whose clean-up below would cancel them.
+        w_futures = dict(zip(names, client.scatter([weights[n] for n in names], hash=False)))
+        with_x = [n for n in names if n in acts]
+        x_futures = dict(zip(with_x, client.scatter([acts[n] for n in with_x], hash=False))) if with_x else {}
+        # pure=False: a cell sent again is a new task, never the forgotten key of a lost one
+        tasks = {client.submit(measure, w_futures[name], setting, x_futures.get(name), pure=False):
+                 (i, j, name, setting) for i, j, name, setting in pending}
+        again = []
+        for i, j, _, _ in pending:
+            lost.pop((i, j), None)
+        try:
+            for future in as_completed(tasks):
+                cell = tasks[future]
+                try:
+                    value = future.result()
+                except KilledWorker as e:  # the scheduler's retries are spent: final
+                    lost[cell[:2]] = e
+                    continue
+                except CancelledError as e:  # its worker, or the data it needed, is gone
+                    lost[cell[:2]] = e
+                    again.append(cell)
+                    continue
+                yield cell[:2], value
+                bar.update()
+        finally:
+            client.cancel([*tasks, *w_futures.values(), *x_futures.values()])
+        if not again:
+            return
+        pending = again
 
 
 def scan(model, settings, client=None, calib=None, *, layers=None, progress: bool = True) -> ScanResult:
@@ -275,6 +343,17 @@ def scan(model, settings, client=None, calib=None, *, layers=None, progress: boo
     -------
     ScanResult
         Displays as a heatmap in a notebook; ``.table()`` lists every cell.
+
+    Raises
+    ------
+    ScanIncomplete
+        When dask workers died and some cells could not be finished even
+        after the scheduler's reruns and :data:`RESUBMITS` rounds of sending
+        lost cells again; its ``.result`` is the partial ScanResult (NaN
+        where lost) and its message says a worker died.
+    TypeError, ValueError
+        For bad settings (option values are checked before any cell runs:
+        "bits=9: choose an integer from 2 to 8"), layers or calibration.
 
     Examples
     --------
@@ -316,14 +395,27 @@ def scan(model, settings, client=None, calib=None, *, layers=None, progress: boo
                 cells.append((i, j, name, s))
             else:
                 notes.append(f"{name} × {s.label}: {reason}")
+    lost: dict = {}
     with tqdm(total=len(cells), desc="scan", unit="cell", disable=not progress) as bar:
         run = _run_local(weights, acts, cells, bar) if client is None else \
-            _run_on_cluster(client, weights, acts, cells, bar)
+            _run_on_cluster(client, weights, acts, cells, bar, lost)
         for (i, j), cell in run:
             types[i][j] = cell["type"]
             for m in MEASURES:
                 table[m][i, j] = cell.get(m, np.nan)
-    return ScanResult(names, [s.label for s in settings], types,
-                      table["bits_per_weight"], table["mse"], table["sqnr_db"],
-                      table["max_abs_error"],
-                      table["relative_output_error"] if acts else None, tuple(notes))
+    lost_cells = [(names[i], settings[j].label) for i, j in sorted(lost)]
+    notes += [f"{name} × {label}: lost, a dask worker died running it ({type(lost[cell]).__name__})"
+              for (name, label), cell in zip(lost_cells, sorted(lost))]
+    result = ScanResult(names, [s.label for s in settings], types,
+                        table["bits_per_weight"], table["mse"], table["sqnr_db"],
+                        table["max_abs_error"],
+                        table["relative_output_error"] if acts else None, tuple(notes))
+    if lost:
+        shown = ", ".join(f"{n} × {lab}" for n, lab in lost_cells[:3]) + (" …" if len(lost) > 3 else "")
+        last = next(reversed(lost.values()))
+        raise ScanIncomplete(
+            f"a dask worker died and the cluster could not finish {len(lost)} of {len(cells)} cells "
+            f"({shown}; last error: {type(last).__name__}: {last}); the {len(cells) - len(lost)} "
+            f"cells that finished are in this error's .result (a ScanResult, NaN where lost)",
+            result, lost_cells)
+    return result
