@@ -212,18 +212,27 @@ class Option:
             value = float(value)
         wrong = not isinstance(value, _KINDS[self.kind]) or (self.kind != "bool" and isinstance(value, bool))
         if wrong and (self.low is None and self.high is None):
-            raise TypeError(f"{method}: {self.name}={value!r} must be {_an(self.kind)}"
+            raise TypeError(f"{method}: {self.name}={short_repr(value)} must be {_an(self.kind)}"
                             f"{'' if not self.help else f' ({self.help})'}")
         if self.choices is not None:
             if value not in self.choices:
-                raise ValueError(f"{method}: {self.name}={value!r}; choose one of "
+                raise ValueError(f"{method}: {self.name}={short_repr(value)}; choose one of "
                                  f"{', '.join(map(repr, self.choices))}")
             return value
         if wrong or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             lo = "" if self.low is None else f"from {self.low:g} "
             hi = "" if self.high is None else f"to {self.high:g}"
-            raise ValueError(f"{self.name}={value!r}: choose {_an(self.kind)} {lo}{hi}".rstrip())
+            raise ValueError(f"{self.name}={short_repr(value)}: choose {_an(self.kind)} {lo}{hi}".rstrip())
         return value
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters; arrays as their type, shape and dtype."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and getattr(value, "dtype", None) is not None and len(shape):
+        return f"<{type(value).__name__} of shape {tuple(shape)}, {value.dtype}>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _an(kind: str) -> str:

@@ -223,6 +223,8 @@ def test_methods_list_their_options():
     (dict(bits="4"), ValueError, r"bits='4': choose an integer from 2 to 8"),
     (dict(sym=1), TypeError, r"sym=1 must be True or False"),
     (dict(bits=np.int64(3)), None, None),
+    (dict(bits=np.ones(100)), ValueError, r"bits=<ndarray of shape \(100,\), float64>: choose an integer"),
+    (dict(sym="x" * 200), TypeError, r"sym='x{10,}… must be True or False"),
 ])
 def test_option_schema_checks_values(w, bad, err, match):
     if err is None:
