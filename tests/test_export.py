@@ -84,8 +84,11 @@ def autoawq_dequant(t, name, group_size):
 
 
 def fp16_scales(r):
+    """``r`` with its scales (and input scale) rounded to fp16, as checkpoints store them."""
+    s_in = None if r.input_scale is None else r.input_scale.astype(np.float16).astype(np.float32)
     return QuantResult(r.method, r.shape, r.bits, r.group_size, r.codes,
-                       r.scales.astype(np.float16).astype(np.float32), r.zeros, g_idx=r.g_idx)
+                       r.scales.astype(np.float16).astype(np.float32), r.zeros, g_idx=r.g_idx,
+                       input_scale=s_in)
 
 
 # --- hand-made vectors ------------------------------------------------------------------------
@@ -184,6 +187,10 @@ def assert_same(loaded, r):
     assert loaded.shape == r.shape and loaded.bits == r.bits and loaded.group_size == r.group_size
     np.testing.assert_array_equal(loaded.codes, r.codes)
     np.testing.assert_array_equal(loaded.scales, r.scales.astype(np.float16).astype(np.float32))
+    if r.input_scale is None:
+        assert loaded.input_scale is None
+    else:
+        np.testing.assert_array_equal(loaded.input_scale, r.input_scale.astype(np.float16).astype(np.float32))
     if r.zeros is None:
         assert loaded.zeros is None
     else:
@@ -265,7 +272,11 @@ def test_awq_round_trip_of_a_real_awq_result(tmp_path):
     w = qviz.demo.layer("encoder.layer.0.attention.self.value")
     x = rng.standard_normal((128, 384)).astype(np.float32)
     r = qviz.quantize(w, "awq", bits=4, group_size=128, calib=x)
-    assert_same(load_awq(export_awq({"v": r}, tmp_path))["v"], r)
+    assert r.input_scale is not None  # alone, the layer keeps s
+    folder = export_awq({"v": r}, tmp_path, scaled_activations={"v": "act"})
+    got = load_awq(folder)["v"]
+    assert_same(got, r)  # input scales compared as stored (fp16)
+    np.testing.assert_allclose(got.dequantize(), r.dequantize(), rtol=2e-3, atol=1e-6)
 
 
 def test_sym_awq_is_written_with_zero_8(tmp_path, minilm_layer):
@@ -291,7 +302,7 @@ def test_rewrite_replaces_and_failed_write_keeps_the_old_file(tmp_path, monkeypa
     r1 = affine(np.ones((8, 8)), zeros=np.ones((8, 1)))
     r2 = affine(np.full((8, 8), 2), zeros=np.ones((8, 1)))
     export_gptq({"fc": r1}, tmp_path)
-    export_gptq({"fc": r2}, tmp_path)
+    export_gptq({"fc": r2}, tmp_path, overwrite=True)
     assert (load_gptq(tmp_path)["fc"].codes == 2).all()
     import safetensors.numpy
 
@@ -301,9 +312,10 @@ def test_rewrite_replaces_and_failed_write_keeps_the_old_file(tmp_path, monkeypa
 
     monkeypatch.setattr(safetensors.numpy, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        export_gptq({"fc": r1}, tmp_path)
+        export_gptq({"fc": r1}, tmp_path, overwrite=True)
     assert (load_gptq(tmp_path)["fc"].codes == 2).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "quantize_config.json"]
+    assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")) == []
 
 
 # --- bad inputs -------------------------------------------------------------------------------

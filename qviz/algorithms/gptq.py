@@ -43,7 +43,8 @@ from qviz.algorithms.grid import RTNFormat
 from qviz.arrays import as_activations, as_weight
 from qviz.result import QuantResult
 
-__all__ = ["RTNFormat", "gptq", "hessian", "inverse_hessian_factor", "resolve_hessian"]
+__all__ = ["RTNFormat", "check_hessian_finite", "gptq", "hessian", "hessian_scale_exponent",
+           "inverse_hessian_factor", "resolve_hessian"]
 
 #: how many times the damping may be multiplied by 10 when the Cholesky fails ...
 DAMP_RETRIES = 4
@@ -93,7 +94,17 @@ def hessian(x, n_cols: int | None = None, *, device="cpu") -> torch.Tensor:
     """
     x = as_activations(x, np.shape(x)[-1] if n_cols is None else n_cols, name="x")
     x = math.sqrt(2 / x.shape[0]) * as_tensor(x, device)  # (n, n_cols), a new tensor
-    return x.T @ x
+    H = x.T @ x
+    if not bool(torch.isfinite(H).all()):  # finite x (checked above): XᵀX overflowed float32
+        top = float(x.abs().max().double()) / math.sqrt(2 / x.shape[0])  # max |x| of the input
+        peak = 2 * top**2  # a bound on H's largest entry
+        k = max(1, math.ceil(math.log2(top)))
+        raise ValueError(f"the Hessian (2/n)·XᵀX of these activations overflows float32 (its entries reach "
+                         f"about {peak:.3g}, beyond {np.finfo(np.float32).max:.3g}); the activations are "
+                         f"finite but far too large: divide them by a power of two, e.g. x / 2**{k} "
+                         f"(GPTQ's codes do not change when x is scaled by a power of two; its loss "
+                         f"scales by the square)")
+    return H
 
 
 def resolve_hessian(n_cols: int, calib=None, H=None) -> torch.Tensor:
@@ -129,11 +140,69 @@ def resolve_hessian(n_cols: int, calib=None, H=None) -> torch.Tensor:
     if calib is not None:
         return hessian(as_activations(calib, n_cols, name="calib"))
     device = H.device if isinstance(H, torch.Tensor) else "cpu"
+    check_hessian_finite(H, "hessian")
     h = as_weight(H, name="hessian")  # float32, 2-D, finite, or a clear error
     if h.shape != (n_cols, n_cols):
         raise ValueError(f"hessian has shape {h.shape} but the weight has {n_cols} input columns; "
                          f"pass the ({n_cols}, {n_cols}) matrix (2/n)·XᵀX of this layer's inputs")
     return as_tensor(h, device)
+
+
+def check_hessian_finite(H, name: str = "H") -> None:
+    """A ValueError for a 2-D Hessian with NaN/Inf (or values beyond float32), saying why it happens.
+
+    Parameters
+    ----------
+    H : array_like or torch.Tensor, shape (n, n)
+        Other ranks pass (the shape checks that follow name them).
+    name : str
+        How the message calls it.
+    """
+    if isinstance(H, torch.Tensor):
+        if H.ndim != 2 or H.is_meta or not H.is_floating_point():
+            return
+        bad = ~torch.isfinite(H.detach().float())  # float64 beyond float32 overflows here too
+        if not bool(bad.any()):
+            return
+        first = tuple(int(i) for i in torch.nonzero(bad)[0])
+        n_bad, nan = int(bad.sum()), bool(torch.isnan(H.detach()).any())
+    else:
+        a = np.asarray(H)
+        if a.ndim != 2 or a.dtype.kind != "f":
+            return
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(a.astype(np.float32))
+        if not bad.any():
+            return
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        n_bad, nan = int(bad.sum()), bool(np.isnan(a).any())
+    why = ("NaN: check the activations it was computed from" if nan else
+           "Inf or beyond float32's 3.4e38: XᵀX overflowed float32, so the activations are far too "
+           "large; divide them by a power of two (GPTQ's codes do not change; its loss scales by the "
+           "square) and compute H again")
+    raise ValueError(f"{name} has {n_bad} NaN/Inf value(s), the first at (row, col) = {first}: {why}")
+
+
+def hessian_scale_exponent(H: torch.Tensor) -> int:
+    """``k`` such that ``H · 4⁻ᵏ`` has ``mean(diag)`` near 1; 0 unless it is beyond 2^±40.
+
+    Scaling ``H`` by a power of four is exact in floating point and scales
+    the upper Cholesky factor of ``(H + λI)⁻¹`` by an exact power of two, so
+    GPTQ's codes do not change; it keeps the damping, the Cholesky and its
+    inverse inside float32 for Hessians such as ``3e38·I`` or ``1e-40·I``.
+
+    Parameters
+    ----------
+    H : torch.Tensor, shape (n, n), float32
+
+    Returns
+    -------
+    int
+    """
+    mean = float(torch.diag(H).double().mean())  # float64: a float32 sum of 3e38s overflows
+    if not math.isfinite(mean) or mean <= 0 or 2.0**-40 <= mean <= 2.0**40:
+        return 0
+    return round(math.log2(mean) / 2)
 
 
 def inverse_hessian_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float]:
@@ -157,9 +226,22 @@ def inverse_hessian_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, 
     ------
     ValueError
         When even the largest damping fails (``H`` is not positive semi-definite).
+
+    Notes
+    -----
+    ``mean(diag(H))`` is taken in float64, and an ``H`` whose mean diagonal
+    is beyond 2^±40 is scaled by a power of four first
+    (:func:`hessian_scale_exponent`), so the damping cannot overflow.
     """
+    k = hessian_scale_exponent(H)
+    if k:
+        H_inv, rel = inverse_hessian_factor(H * 2.0**-k * 2.0**-k, damp)
+        return H_inv * 2.0**-k, rel  # (H·4⁻ᵏ + λ'I)⁻¹ = 4ᵏ (H + λI)⁻¹: its factor is 2ᵏ times H's
     diag = torch.arange(H.shape[0], device=H.device)
-    mean_diag = torch.mean(torch.diag(H))
+    mean_diag = torch.diag(H).double().mean().to(H.dtype)
+    if not (bool(torch.isfinite(mean_diag)) and float(mean_diag) > 0):
+        raise ValueError(f"mean(diag(H)) = {float(mean_diag):g}: a Hessian (2/n)·XᵀX has a positive "
+                         f"diagonal; compute it from real activations")
     tried = []
     for k in range(DAMP_RETRIES + 1):
         rel = float(Decimal(repr(float(damp))).scaleb(k))  # damp·10^k without binary noise
@@ -180,10 +262,20 @@ def inverse_hessian_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, 
 
 def _float32_copy(a, device, name: str) -> torch.Tensor:
     """A private float32 copy of a 2-D finite array or tensor, on ``device``."""
+    if isinstance(a, torch.Tensor) and a.is_meta:
+        raise ValueError(f"{name} is on the meta device and holds no values; load the real tensor first")
+    if name == "H":
+        check_hessian_finite(a, name)  # says why a Hessian is not finite
     if not isinstance(a, torch.Tensor):
         a = torch.tensor(as_weight(a, name=name))  # validates numpy input
-    elif a.ndim != 2 or not bool(torch.isfinite(a).all()):
-        raise ValueError(f"{name} must be 2-D and finite, got shape {tuple(a.shape)}")
+    elif a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(a.shape)}")
+    else:
+        bad = ~torch.isfinite(a.detach().float())
+        if bool(bad.any()):
+            first = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(f"{name} has {int(bad.sum())} NaN/Inf value(s) (or values beyond float32), "
+                             f"the first at (row, col) = {first}; clean or mask them first")
     return a.detach().to(device=device, dtype=torch.float32).clone()
 
 
@@ -342,17 +434,23 @@ def gptq(W, H, fmt: RTNFormat, *, act_order: bool = False, static_groups: bool =
         perm = _np(perm_t).astype(np.int64)
     else:
         perm = np.arange(n_cols)
+    k = hessian_scale_exponent(H)  # H·4⁻ᵏ: exact, same codes, no overflow in the damping
+    if k:
+        H = H * 2.0**-k * 2.0**-k
     H_inv, damp_used = inverse_hessian_factor(H, damp)
 
     gid, choose = _group_plan(perm, g, n_groups, static_groups)
     codes, losses = _quantize_blocks(W, H_inv, fmt, params, gid, choose, g, blocksize)
     return _result(codes, losses, params, perm, gid, fmt, g, n_groups, dead, damp_used,
-                   act_order, static_groups, blocksize)
+                   act_order, static_groups, blocksize, 4.0**k)
 
 
 def _result(codes, losses, params, perm, gid, fmt, g, n_groups, dead, damp_used,
-            act_order, static_groups, blocksize) -> QuantResult:
-    """Undo the visiting order and wrap everything in a QuantResult."""
+            act_order, static_groups, blocksize, loss_scale: float = 1.0) -> QuantResult:
+    """Undo the visiting order and wrap everything in a QuantResult.
+
+    ``loss_scale`` (``4ᵏ``) undoes the scaling of a rescaled Hessian on the losses.
+    """
     n_rows, n_cols = codes.shape
     invperm = np.argsort(perm)
     g_idx = np.empty(n_cols, dtype=np.int32)
@@ -360,6 +458,9 @@ def _result(codes, losses, params, perm, gid, fmt, g, n_groups, dead, damp_used,
     scales = np.stack([params[k][0] for k in range(n_groups)], axis=1)  # (n_rows, n_groups)
     zeros = np.stack([params[k][1] for k in range(n_groups)], axis=1)
     col_losses = _np(losses.sum(0)).astype(np.float32)[invperm]  # (n_cols,), original order
+    if loss_scale != 1.0:  # in float64; kept float64 where float32 cannot hold a column's loss
+        col64 = col_losses.astype(np.float64) * loss_scale
+        col_losses = col64.astype(np.float32) if np.abs(col64).max() <= np.finfo(np.float32).max else col64
     info = {
         "sym": fmt.sym, "act_order": act_order, "static_groups": static_groups,
         "blocksize": blocksize, "damp": damp_used, "n_dead": int(dead.sum()),

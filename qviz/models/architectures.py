@@ -16,7 +16,10 @@ one block.
   reads a GELU output; dividing either by ``s`` would change the network.
   These layers keep their scale (``QuantResult.input_scale``): the model
   holds ``Q(W·diag(s))·diag(s)⁻¹``, what AutoAWQ's ``ScaledActivation``
-  computes for GELU models.
+  computes for GELU models. ``output.dense`` reads
+  ``intermediate.intermediate_act_fn``, so a checkpoint can hold its ``s`` as
+  that activation's ``scales`` (:func:`qviz.io.export.export_awq`); the
+  others' ``s`` has no place in an AWQ checkpoint.
 * Any other block: every Linear is its own group and keeps its scale.
 
 A new family is one more entry of :data:`AWQ_GROUPS`.
@@ -47,12 +50,17 @@ class ScaleGroup:
     same_shape : bool
         Fold only when ``prev``'s weight has the shape of the Linear's (llm-awq's
         condition for v -> o, false under grouped-query attention).
+    act : str or None
+        For an unfolded group (``prev`` None) whose Linears read an
+        activation's output: that activation module, where AutoAWQ's
+        ``ScaledActivation`` holds the scale (``<act>.scales``).
     """
 
     prev: str | None
     linears: tuple[str, ...]
     inspect: str
     same_shape: bool = False
+    act: str | None = None
 
 
 #: model family -> the scale groups of one block, in order (llm-awq auto_scale_block)
@@ -70,7 +78,7 @@ AWQ_GROUPS = {
         ScaleGroup("attention.self.value", ("attention.output.dense",), "attention.output.dense",
                    same_shape=True),
         ScaleGroup(None, ("intermediate.dense",), "intermediate"),
-        ScaleGroup(None, ("output.dense",), "output.dense"),
+        ScaleGroup(None, ("output.dense",), "output.dense", act="intermediate.intermediate_act_fn"),
     ),
 }
 

@@ -54,7 +54,10 @@ def quantize_blocks(model, method: Method, batches, targets: dict, options: dict
         Module name -> result. ``info["input_scale"]`` is ``s`` and
         ``info["folded_into"]`` names the op that absorbed ``1/s``; when None,
         the result keeps ``s`` in its ``input_scale`` field
-        (``dequantize()`` divides by it).
+        (``dequantize()`` divides by it), and ``info["scaled_activation"]``
+        names the activation module the layer reads where the architecture
+        map knows one (where a checkpoint can hold ``s``,
+        :func:`qviz.io.export.export_awq`), else None.
     """
     from qviz.algorithms import awq
 
@@ -69,8 +72,9 @@ def quantize_blocks(model, method: Method, batches, targets: dict, options: dict
         return _quantize_block(block, linears, fmt, given["duo_scaling"], given["clip"], results)
 
     def quantize_outside(name, module, stats):
-        r = quantize_layer(module, method, dict(opts, calib=stats.sample))  # s stays: decode divides by it
-        results[name] = dataclasses.replace(r, info={**r.info, "folded_into": None})
+        r = quantize_layer(module, method, dict(opts, calib=stats.sample), name)  # s stays: decode divides by it
+        results[name] = dataclasses.replace(r, info={**r.info, "folded_into": None,
+                                                     "scaled_activation": None})
 
     run_blocks(model, batches, targets, quantize_block, quantize_outside,
                desc=f"{method.label} blocks", progress=progress)
@@ -141,7 +145,7 @@ def _quantize_block(runner: Block, linears: dict, fmt, duo_scaling: bool, clip: 
                                calls[g.inspect], shapes)
         scales[g] = awq.search_scale(x, ws, fmt, forward=fwd, duo_scaling=duo_scaling,
                                      device=x.device)
-    input_scale, folded = {}, {}
+    input_scale, folded, acts = {}, {}, {}
     for g, s in scales.items():
         if g.prev is not None:
             _fold(modules[g.prev], s)
@@ -149,6 +153,7 @@ def _quantize_block(runner: Block, linears: dict, fmt, duo_scaling: bool, clip: 
             mod = modules[n]
             mod.weight.data = mod.weight.data * s.view(1, -1).to(mod.weight.dtype)
             input_scale[n], folded[n] = s, g.prev
+            acts[n] = runner.prefix + g.act if g.prev is None and g.act is not None else None
     for n, mod in local.items():
         s = input_scale[n]
         W = mod.weight.data.float()
@@ -159,7 +164,8 @@ def _quantize_block(runner: Block, linears: dict, fmt, duo_scaling: bool, clip: 
             W = awq.apply_clip(W, max_val, fmt.group_size)
         info = {"input_scale": s.detach().cpu().numpy(), "folded_into": folded[n],
                 "max_val": None if max_val is None else max_val.detach().cpu().numpy(),
-                "clip": max_val is not None, "zero_point": fmt.zero_point}
+                "clip": max_val is not None, "zero_point": fmt.zero_point,
+                "scaled_activation": acts[n]}
         # folded: dequantize() is Q(W·diag(s)), beside the op that absorbed 1/s; else it divides by s
         full = runner.prefix + n
         results[full] = awq.scaled_result(W, fmt, info["input_scale"] if folded[n] is None else None, info)

@@ -54,11 +54,11 @@ def quantize_blocks(model, method: Method, batches, targets: dict, options: dict
             acc = {n: calibration.Accumulator(linears[n].in_features, 0, None) for n in stage}
             block.run(hooks={linears[n]: acc[n].add for n in stage})
             for n in stage:
-                results[n] = quantize_layer(linears[n], method, dict(opts, hessian=acc[n].stats(n).hessian))
+                results[n] = quantize_layer(linears[n], method, dict(opts, hessian=acc[n].stats(n).hessian), n)
         return block.run()  # the quantized block's output feeds the next block
 
     def quantize_outside(name, module, stats):
-        results[name] = quantize_layer(module, method, dict(opts, hessian=stats.hessian))
+        results[name] = quantize_layer(module, method, dict(opts, hessian=stats.hessian), name)
 
     run_blocks(model, batches, targets, quantize_block, quantize_outside,
                desc=f"{method.label} blocks", progress=progress)

@@ -173,7 +173,7 @@ class QuantLinear(nn.Module):
             ``result`` is not a QuantResult.
         ValueError
             A method or type without a packed layout here, zero points that are
-            not whole codes, or a bias of the wrong length.
+            not whole codes, or a bias of the wrong length or on the meta device.
         """
         if not isinstance(result, QuantResult):
             raise TypeError(f"from_result takes a QuantResult (from qviz.quantize), got {type(result).__name__}")
@@ -288,6 +288,9 @@ def _torch_types() -> list[str]:
 def _bias(bias, n_out: int) -> torch.Tensor | None:
     if bias is None:
         return None
+    if isinstance(bias, torch.Tensor) and bias.is_meta:
+        raise ValueError("bias is on the meta device and holds no values; load the model's weights "
+                         "before building QuantLinear layers (or pass bias=None)")
     b = bias.detach().float().cpu() if isinstance(bias, torch.Tensor) else \
         torch.from_numpy(np.asarray(bias, dtype=np.float32))
     if b.shape != (n_out,):
@@ -343,7 +346,8 @@ def to_quantized_modules(model: nn.Module, results: Mapping[str, QuantResult], *
     ------
     ValueError
         Names that are not ``nn.Linear`` modules of ``model``, results whose
-        shape differs from the layer's weight, or (``strict``) layers left out.
+        shape differs from the layer's weight, layers on the meta device, or
+        (``strict``) layers left out.
     """
     wanted = {_module_name(k): v for k, v in results.items()}
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -358,6 +362,10 @@ def to_quantized_modules(model: nn.Module, results: Mapping[str, QuantResult], *
                          f"quantize them too or pass strict=False to keep them in float")
     for name, res in wanted.items():
         lin = linears[name]
+        if lin.weight.is_meta:
+            raise ValueError(f"layer {name!r} is on the meta device: its QuantLinear would hold no values; "
+                             f"load the model's weights first (e.g. model.to_empty(device='cpu') then "
+                             f"load_state_dict)")
         if tuple(res.shape) != tuple(lin.weight.shape):
             raise ValueError(f"result for {name!r} has shape {tuple(res.shape)} but the layer's weight "
                              f"is {tuple(lin.weight.shape)} (out × in)")

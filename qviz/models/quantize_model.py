@@ -30,7 +30,7 @@ import importlib
 
 from qviz import registry
 from qviz.io import calib as calibration
-from qviz.models.runner import OUTSIDE_SAMPLES, quantize_layer, untie_config
+from qviz.models.runner import OUTSIDE_SAMPLES, check_weights, quantize_layer, untie_config
 from qviz.result import QuantResult
 
 __all__ = ["quantize_model"]
@@ -79,7 +79,10 @@ def quantize_model(model, method: str = "rtn", calib=None, include_embeddings: b
         Module name -> result; the copy's weight is its ``dequantize()``. For
         AWQ, ``info["input_scale"]`` is ``s`` and ``info["folded_into"]`` names
         the op that absorbed ``1/s``; when None, the result keeps ``s`` in its
-        ``input_scale`` field (``dequantize()`` divides by it).
+        ``input_scale`` field (``dequantize()`` divides by it) and
+        ``info["scaled_activation"]`` names the activation the layer reads,
+        where a checkpoint can hold ``s`` (:func:`qviz.io.export.export_awq`
+        refuses the others, naming them).
     model : torch.nn.Module
         The copy, in eval mode, with every quantized weight dequantized in place.
 
@@ -87,7 +90,9 @@ def quantize_model(model, method: str = "rtn", calib=None, include_embeddings: b
     ------
     ValueError
         Unknown method, a calibrated method without ``calib``, a model without
-        Linear layers, too little calibration text.
+        Linear layers, too little calibration text, parameters on the meta
+        device, a weight with NaN/Inf; a method's error on one layer is raised
+        with the layer's module name in front.
     TypeError
         A method that is not a string, an option the method does not take.
 
@@ -106,6 +111,7 @@ def quantize_model(model, method: str = "rtn", calib=None, include_embeddings: b
         raise TypeError(f"method must be a string such as 'rtn', 'gptq', 'awq' or 'Q4_K', got {method!r}")
     m = registry.method(method)
     calibration.linear_layers(model)  # a clear error for a model without Linears
+    _check_not_meta(model)
     if m.needs_calibration and calib is None:
         raise ValueError(f"{m.name!r} needs calibration data: pass calib=tokenizer (the pydoc text) or "
                          f"calib=token ids (n, seq); see qviz.io.calib.calibration_batches")
@@ -118,6 +124,9 @@ def quantize_model(model, method: str = "rtn", calib=None, include_embeddings: b
     qmodel = copy.deepcopy(model).eval()
     batches = None if calib is None else calibration.resolve_data(qmodel, calib)
     targets = _targets(qmodel, include_lm_head)
+    check_weights(targets)  # NaN/Inf named by layer, before any work
+    if include_embeddings:
+        check_weights({n: e for n, e in qmodel.named_modules() if isinstance(e, torch.nn.Embedding)})
     with torch.no_grad():
         if driver is not None:
             results = driver(qmodel, m, batches, targets, dict(options), progress=progress)
@@ -128,6 +137,16 @@ def quantize_model(model, method: str = "rtn", calib=None, include_embeddings: b
     if include_lm_head:
         untie_config(qmodel)
     return results, qmodel
+
+
+def _check_not_meta(model) -> None:
+    """A model with parameters or buffers on the meta device holds no values to quantize."""
+    meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if meta:
+        raise ValueError(f"{len(meta)} parameter(s)/buffer(s) of the model are on the meta device and hold "
+                         f"no values (e.g. {', '.join(meta[:3])}); load the weights first (from_pretrained "
+                         f"without device_map='meta' or init_empty_weights, or model.to_empty(device='cpu') "
+                         f"then load_state_dict)")
 
 
 def _targets(model, include_lm_head: bool) -> dict:
@@ -157,7 +176,7 @@ def _layer_by_layer(model, method, batches, targets, options, progress) -> dict[
             opts[importance] = stats[name].imatrix
         if calib and name in stats:
             opts[calib] = stats[name].sample
-        results[name] = quantize_layer(mod, method, opts)
+        results[name] = quantize_layer(mod, method, opts, name)
     return results
 
 
@@ -170,7 +189,7 @@ def _embeddings(model, method, options) -> dict[str, QuantResult]:
         options = {k: v for k, v in options.items() if method.option(k) is not None}
     else:
         options = {k: v for k, v in options.items() if k != method.role("importance")}
-    results = {name: quantize_layer(mod, method, options)
+    results = {name: quantize_layer(mod, method, options, name)
                for name, mod in model.named_modules() if isinstance(mod, torch.nn.Embedding)}
     untie_config(model)
     return results

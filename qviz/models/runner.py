@@ -24,7 +24,7 @@ from qviz.io import calib as calibration
 from qviz.registry import Method
 from qviz.result import QuantResult
 
-__all__ = ["Block", "OUTSIDE_SAMPLES", "catch_block_inputs", "driver_options", "find_blocks",
+__all__ = ["Block", "OUTSIDE_SAMPLES", "catch_block_inputs", "check_weights", "driver_options", "find_blocks",
            "first_tensor", "input_of", "quantize_layer", "run_blocks", "set_weight", "stages",
            "untie_config", "with_input"]
 
@@ -72,7 +72,40 @@ def set_weight(module, w: np.ndarray) -> None:
                                        requires_grad=old.requires_grad)
 
 
-def quantize_layer(module, method: Method, options: Mapping) -> QuantResult:
+def check_weights(modules: Mapping) -> None:
+    """Every module's weight holds finite values (not on the meta device), or a ValueError naming it.
+
+    Parameters
+    ----------
+    modules : mapping of str to torch.nn.Module
+        Module name -> a Linear or Embedding (anything with a ``weight``).
+
+    Raises
+    ------
+    ValueError
+        Naming the first module whose weight is on the meta device or holds
+        NaN/Inf, with the (row, col) of its first bad value.
+    """
+    import torch
+
+    for name, mod in modules.items():
+        w = mod.weight
+        if w.is_meta:
+            raise ValueError(f"layer {name!r}: its weight is on the meta device and holds no values; load "
+                             f"the model's weights first (e.g. from_pretrained without device_map='meta' or "
+                             f"init_empty_weights, or model.to_empty(device='cpu') then load_state_dict)")
+        if not w.is_floating_point():
+            continue
+        bad = ~torch.isfinite(w.detach())
+        if bool(bad.any()):
+            idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+            where = f"(row, col) = {idx}" if len(idx) == 2 else f"index {idx}"
+            raise ValueError(f"layer {name!r}: weight has {int(bad.sum())} NaN/Inf value(s), the first "
+                             f"{float(w.detach()[idx]):g} at {where}; clean or mask them before "
+                             f"quantizing, or leave the layer out")
+
+
+def quantize_layer(module, method: Method, options: Mapping, name: str | None = None) -> QuantResult:
     """Quantize ``module.weight`` with ``method`` and put the decoded weight in its place.
 
     Parameters
@@ -83,12 +116,20 @@ def quantize_layer(module, method: Method, options: Mapping) -> QuantResult:
         The registry record; ``method.call`` checks ``options``.
     options : mapping
         The method's options for this layer.
+    name : str, optional
+        The module's name: a ValueError or TypeError of the method is raised
+        again with ``layer 'name':`` in front.
 
     Returns
     -------
     QuantResult
     """
-    result = method.call(as_weight(module.weight), **options)
+    try:
+        result = method.call(as_weight(module.weight), **options)
+    except (ValueError, TypeError) as exc:
+        if name is None or type(exc) not in (ValueError, TypeError):
+            raise
+        raise type(exc)(f"layer {name!r}: {exc}") from exc
     set_weight(module, result.dequantize())
     return result
 
