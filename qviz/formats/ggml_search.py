@@ -36,6 +36,22 @@ from qviz.formats.rounding import nearest_int
 GROUP_MAX_EPS = np.float32(1e-15)
 
 
+def max_by_abs(n, x):
+    """The first of ``x[:n]`` with the largest magnitude, and that magnitude: ``(xmax, amax)``.
+
+    ggml's scan ``if (ax > amax) { amax = ax; max = x[i]; }`` from zero, so an
+    all-zero (or all-NaN) group gives ``(0.0, 0.0)``; float32 values.
+    """
+    xmax = np.float32(0.0)
+    amax = np.float32(0.0)
+    for i in range(n):
+        ax = abs(x[i])
+        if ax > amax:
+            amax = ax
+            xmax = x[i]
+    return xmax, amax
+
+
 def _qx_weight(qw, x, i, rmse_type):
     """Weight of ``x[i]`` in :func:`make_qx_quants`'s error: ``qw[i]`` or a power of ``|x[i]|``."""
     if qw is not None:
@@ -86,16 +102,9 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw=None):
     ggml-quants.c ``make_qx_quants``. Used by Q4_0/Q5_0 with an imatrix
     (``rmse_type=1``), Q3_K and Q6_K.
     """
-    xmax = np.float32(0.0)
-    amax = np.float32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            xmax = x[i]
+    xmax, amax = max_by_abs(n, x)
     if amax < GROUP_MAX_EPS:  # all zero
-        for i in range(n):
-            L[i] = 0
+        L[:n] = 0
         return np.float32(0.0)
     iscale = np.float32(-nmax) / xmax
     if rmse_type == 0:
@@ -167,22 +176,16 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
     Returns
     -------
     float32
-        The scale ``d``: values decode as ``d * (L - nmax)``.
+        The scale ``d`` of the codes ``L`` (0 for an all-zero group), as
+        :func:`make_qx_quants` returns it.
 
     Notes
     -----
     ggml-quants.c ``make_q3_quants`` (quantize_row_q3_K_ref).
     """
-    xmax = np.float32(0.0)
-    amax = np.float32(0.0)
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            xmax = x[i]
+    xmax, amax = max_by_abs(n, x)
     if amax < GROUP_MAX_EPS:  # all zero
-        for i in range(n):
-            L[i] = 0
+        L[:n] = 0
         return np.float32(0.0)
     iscale = np.float32(-nmax) / xmax
     if not do_rmse:
@@ -541,13 +544,7 @@ def make_iq4nl_quants(n, x, L, weight, values, ntry):
     -----
     The per-block part of ggml-quants.c ``quantize_row_iq4_nl_impl``.
     """
-    amax = np.float32(0.0)
-    xmax = np.float32(0.0)
-    for j in range(n):
-        ax = abs(x[j])
-        if ax > amax:
-            amax = ax
-            xmax = x[j]
+    xmax, amax = max_by_abs(n, x)
     if amax < GROUP_MAX_EPS:
         return np.float32(0.0)
     v0 = np.float32(values[0])

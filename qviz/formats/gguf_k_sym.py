@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qviz.formats.blocks import DEQUANTIZE, QUANTIZE, UNPACK, assemble, describe, fields
-from qviz.formats.ggml_search import GROUP_MAX_EPS, make_q3_quants, make_qx_quants
+from qviz.formats.ggml_search import GROUP_MAX_EPS, make_q3_quants, make_qx_quants, max_by_abs
 from qviz.formats.rounding import fp16_bits, fp16_field, fp16_from_field, fp16_value
 from qviz.formats.spec import FORMATS, FP16, QK_K, Unpacked, register_ggml
 
@@ -207,15 +207,6 @@ def _requantize(x: np.ndarray, d: np.float32, sc: np.ndarray, L: np.ndarray, nma
         L[SUB * j:SUB * (j + 1)] = np.clip(np.rint(xs / step[j]), -nmax, nmax - 1) + nmax
 
 
-def _max_by_abs(scales: np.ndarray) -> np.float32:
-    """The first entry of largest magnitude, with its sign (0 if all are 0)."""
-    best, best_abs = F32(0), F32(0)
-    for s in scales:
-        if abs(s) > best_abs:
-            best, best_abs = s, abs(s)
-    return best
-
-
 def _q3_k_block_ref(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """One Q3_K super-block without imatrix (ggml ``quantize_row_q3_K_ref``).
 
@@ -226,7 +217,7 @@ def _q3_k_block_ref(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     scales = np.zeros(N_SUB, dtype=F32)
     for j in range(N_SUB):
         scales[j] = make_q3_quants(SUB, 4, x[SUB * j:], L[SUB * j:], True)
-    max_scale = _max_by_abs(scales)
+    max_scale, _ = max_by_abs(N_SUB, scales)
     if max_scale != 0:
         iscale = F32(-32) / max_scale
         sc = np.clip(np.rint(iscale * scales), -32, 31).astype(np.int32) + 32
@@ -270,7 +261,7 @@ def _q6_k_block(x: np.ndarray, qw: np.ndarray | None) -> tuple[int, np.ndarray, 
     for j in range(N_SUB):
         w = None if qw is None else qw[SUB * j:]
         scales[j] = make_qx_quants(SUB, 32, x[SUB * j:], L[SUB * j:], 1, w)
-    max_scale = _max_by_abs(scales)
+    max_scale, _ = max_by_abs(N_SUB, scales)
     if abs(max_scale) < GROUP_MAX_EPS:
         return 0, np.zeros(N_SUB, dtype=np.int32), np.zeros(QK_K, dtype=np.int32)
     iscale = F32(-128) / max_scale
@@ -315,27 +306,25 @@ def _quantize(x: np.ndarray, imatrix: np.ndarray | None, name: str) -> np.ndarra
     return assemble(name, **out)
 
 
-@describe(QUANTIZE, "Q3_K",
+_QUANTIZE_EXAMPLE = (">>> x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)\n"
+                     ">>> quantize_{lower}(x).shape\n(2, {type_size})")
+
+
+@describe(QUANTIZE, "Q3_K", examples=_QUANTIZE_EXAMPLE,
           notes="ggml's ``quantize_row_q3_K_ref`` without imatrix (``make_q3_quants`` per\n"
                 "sub-block, then the sixteen scales rounded to 6 bits on ``-32 / max``);\n"
                 "``quantize_row_q3_K_impl`` with one (``make_qx_quants`` weighted by\n"
                 "``qw * sqrt(sigma2 + x²)``, and again for the scales weighted by each\n"
                 "sub-block's total weight). Both round every weight once more on its final\n"
-                "step ``d * (sc - 32)``.",
-          examples=">>> x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)\n"
-                   ">>> quantize_q3_k(x).shape\n(2, 220)")
-def quantize_q3_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
+                "step ``d * (sc - 32)``.")
+def quantize_q3_k(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
     return _quantize(x, imatrix, "Q3_K")
 
 
-@describe(QUANTIZE, "Q6_K",
-          notes="ggml's ``quantize_row_q6_K_ref`` without imatrix and\n"
-                "``quantize_row_q6_K_impl`` with one: ``make_qx_quants`` (nmax 32) per\n"
-                "sub-block, weighted by ``x²`` or by the imatrix itself; the scales rounded\n"
-                "to int8 on ``-128 / max``; every weight rounded once more on ``d * sc``.",
-          examples=">>> x = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)\n"
-                   ">>> quantize_q6_k(x).shape\n(2, 420)")
-def quantize_q6_k(x: npt.NDArray[np.float32],
-                  imatrix: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
+@describe(QUANTIZE, "Q6_K", examples=_QUANTIZE_EXAMPLE,
+          notes="ggml's ``quantize_row_q6_K_ref`` without imatrix and ``quantize_row_q6_K_impl``\n"
+                "with one: ``make_qx_quants`` (nmax 32) per sub-block, weighted by ``x²`` or by\n"
+                "the imatrix itself; the scales rounded to int8 on ``-128 / max``; every weight\n"
+                "rounded once more on ``d * sc``.")
+def quantize_q6_k(x: npt.NDArray[np.float32], imatrix: npt.NDArray[np.float32] | None = None) -> np.ndarray:
     return _quantize(x, imatrix, "Q6_K")

@@ -5,10 +5,9 @@ of milliseconds for 64 MB: a caller that decodes often (an explorer) hands
 the kernels one buffer to overwrite instead (:func:`float_output`).
 
 Every twin module makes its ``quantize_<type>``, ``dequantize_<type>`` and
-``unpack_<type>`` with :func:`quantizer`, :func:`dequantizer` and
-:func:`unpacker`: they validate nothing beyond contiguity, allocate the
-outputs from the type's record and call the ``@njit`` kernel, which only
-does arithmetic. Their docstrings are the reference's
+``unpack_<type>`` with :func:`twins`: they check nothing beyond contiguity,
+allocate the outputs from the type's record and call the ``@njit`` kernels,
+which only do arithmetic. Their docstrings are the reference's
 (:func:`qviz.formats.blocks.describe_twins`).
 """
 from __future__ import annotations
@@ -43,7 +42,7 @@ def _named(fn: Callable, verb: str, type_name: str, module: str) -> Callable:
     return fn
 
 
-def quantizer(module: str, type_name: str, kernel: Callable, *params) -> Callable:
+def _quantizer(module: str, type_name: str, kernel: Callable, *params) -> Callable:
     """``quantize_<type>(x, imatrix=None)`` of twin ``module``.
 
     It calls ``kernel(x, imatrix, out, *params)`` with ``x`` float32
@@ -58,29 +57,29 @@ def quantizer(module: str, type_name: str, kernel: Callable, *params) -> Callabl
     return _named(quantize, "quantize", type_name, module)
 
 
-def dequantizer(module: str, type_name: str, kernel: Callable) -> Callable:
+def _dequantizer(module: str, type_name: str, kernel: Callable, *params) -> Callable:
     """``dequantize_<type>(packed, out=None)`` of twin ``module``.
 
-    It calls ``kernel(packed, y)`` with ``packed`` uint8 (n_rows, row_bytes)
-    C-contiguous and ``y`` float32 (n_rows, n_cols), ``out`` or new
-    (:func:`float_output`), which it returns.
+    It calls ``kernel(packed, y, *params)`` with ``packed`` uint8 (n_rows,
+    row_bytes) C-contiguous and ``y`` float32 (n_rows, n_cols), ``out`` or
+    new (:func:`float_output`), which it returns.
     """
     def dequantize(packed: npt.NDArray[np.uint8], out: np.ndarray | None = None) -> np.ndarray:
         t = FORMATS[type_name]
         y = float_output((packed.shape[0], packed.shape[1] // t.type_size * t.block_size), out)
-        kernel(np.ascontiguousarray(packed), y)
+        kernel(np.ascontiguousarray(packed), y, *params)
         return y
     return _named(dequantize, "dequantize", type_name, module)
 
 
-def unpacker(module: str, type_name: str, kernel: Callable, *params, mins: bool = False,
-             codebook: np.ndarray | None = None) -> Callable:
+def _unpacker(module: str, type_name: str, kernel: Callable, *params, mins: bool = False,
+              codebook: np.ndarray | None = None) -> Callable:
     """``unpack_<type>(packed)`` of twin ``module``, returning an :class:`Unpacked`.
 
     It calls ``kernel(packed, codes, scales, mins, *params)`` with ``packed``
     uint8 (n_rows, row_bytes) C-contiguous, ``codes`` uint8 (n_rows, n_cols),
     ``scales`` float32 (n_rows, n_cols // group_size) and ``mins`` of the same
-    shape, or None for a type without (``mins=False``), all to be written.
+    shape, or None for a type without, all to be written.
     ``codebook`` is returned as it is.
     """
     def unpack(packed: npt.NDArray[np.uint8]) -> Unpacked:
@@ -93,3 +92,34 @@ def unpacker(module: str, type_name: str, kernel: Callable, *params, mins: bool 
         kernel(packed, codes, scales, offsets, *params)
         return Unpacked(codes, scales, offsets, None if codebook is None else codebook.copy())
     return _named(unpack, "unpack", type_name, module)
+
+
+def twins(type_name: str, quantize: Callable | tuple, dequantize: Callable | tuple, unpack: Callable | tuple,
+          codebook: np.ndarray | None = None) -> tuple[Callable, Callable, Callable]:
+    """``quantize_<type>``, ``dequantize_<type>`` and ``unpack_<type>`` around a twin module's kernels.
+
+    Parameters
+    ----------
+    type_name : str
+        A registered type.
+    quantize : callable or tuple
+        ``@njit`` kernel ``(x, imatrix, out, *parameters)``, or ``(kernel, *parameters)``.
+    dequantize : callable or tuple
+        ``@njit`` kernel ``(packed, y, *parameters)``, or ``(kernel, *parameters)``;
+        the functions belong to the kernel's module.
+    unpack : callable or tuple
+        ``@njit`` kernel ``(packed, codes, scales, mins, *parameters)``, or
+        ``(kernel, *parameters)``. ``mins`` is an array where the type stores
+        an offset (a field ``m`` or ``dmin``), else None.
+    codebook : ndarray, shape (n_levels,), float32, optional
+        Returned by ``unpack_<type>`` (a copy each time).
+
+    Returns
+    -------
+    quantize, dequantize, unpack : callable
+    """
+    q, d, u = (k if isinstance(k, tuple) else (k,) for k in (quantize, dequantize, unpack))
+    module = d[0].__module__
+    mins = any(f.name in ("m", "dmin") for f in FORMATS[type_name].fields)
+    return (_quantizer(module, type_name, *q), _dequantizer(module, type_name, *d),
+            _unpacker(module, type_name, *u, mins=mins, codebook=codebook))

@@ -18,7 +18,7 @@ from qviz.formats import ggml_search, rounding
 from qviz.formats.blocks import describe_twins
 from qviz.formats.gguf_k_min import IMATRIX_SEARCH, PARAMS
 from qviz.formats.spec import FORMATS, QK_K
-from qviz.kernels.numba.buffers import dequantizer, quantizer, unpacker
+from qviz.kernels.numba.buffers import twins
 from qviz.kernels.numba.lanes_min import (N_LANE_VALUES, from_lanes, make_qkx_quants_lanes,
                                           nearest_int, to_lanes)
 from qviz.kernels.numba.search import JIT_OPTIONS, read_fp16, write_fp16
@@ -325,11 +325,6 @@ def _quantize_q5_k(x, imatrix, out):
         _quantize_row(x[r], imatrix, out[r], _Q5_K, 5)
 
 
-quantize_q2_k = quantizer(__name__, "Q2_K", _quantize_q2_k)
-quantize_q4_k = quantizer(__name__, "Q4_K", _quantize_q4_k)
-quantize_q5_k = quantizer(__name__, "Q5_K", _quantize_q5_k)
-
-
 # ---------------------------------------------------------------------------
 # Dequantize
 # ---------------------------------------------------------------------------
@@ -412,11 +407,6 @@ def _dequantize_q5_k(packed, y):
                     y[r, yo + 32 + l] = d2 * f32((q >> 4) | ((qh & 2) << 3)) - min2
 
 
-dequantize_q2_k = dequantizer(__name__, "Q2_K", _dequantize_q2_k)
-dequantize_q4_k = dequantizer(__name__, "Q4_K", _dequantize_q4_k)
-dequantize_q5_k = dequantizer(__name__, "Q5_K", _dequantize_q5_k)
-
-
 # ---------------------------------------------------------------------------
 # Unpack
 # ---------------------------------------------------------------------------
@@ -493,8 +483,11 @@ def _unpack_q5_k(packed, codes, scales, mins):
                     c[64 * k + 32 + l] = (q >> 4) | (((qh >> (2 * k + 1)) & 1) << 4)
 
 
-unpack_q2_k = unpacker(__name__, "Q2_K", _unpack_q2_k, mins=True)
-unpack_q4_k = unpacker(__name__, "Q4_K", _unpack_q4_k, mins=True)
-unpack_q5_k = unpacker(__name__, "Q5_K", _unpack_q5_k, mins=True)
+# ---------------------------------------------------------------------------
+# Public names
+# ---------------------------------------------------------------------------
+quantize_q2_k, dequantize_q2_k, unpack_q2_k = twins("Q2_K", _quantize_q2_k, _dequantize_q2_k, _unpack_q2_k)
+quantize_q4_k, dequantize_q4_k, unpack_q4_k = twins("Q4_K", _quantize_q4_k, _dequantize_q4_k, _unpack_q4_k)
+quantize_q5_k, dequantize_q5_k, unpack_q5_k = twins("Q5_K", _quantize_q5_k, _dequantize_q5_k, _unpack_q5_k)
 
 describe_twins(__name__, "numba")

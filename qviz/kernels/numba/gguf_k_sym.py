@@ -20,7 +20,7 @@ from qviz.formats.blocks import describe_twins
 from qviz.formats.ggml_search import GROUP_MAX_EPS, make_qx_quants
 from qviz.formats.rounding import fp16_bits, fp16_value, nearest_int
 from qviz.formats.spec import FORMATS, QK_K
-from qviz.kernels.numba.buffers import dequantizer, quantizer, unpacker
+from qviz.kernels.numba.buffers import twins
 from qviz.kernels.numba.lanes_sym import LANES, from_lanes, q3_quants_lanes, qx_quants_lanes, to_lanes
 from qviz.kernels.numba.search import JIT_OPTIONS, read_fp16, write_fp16  # also teaches numba the functions above
 
@@ -345,11 +345,7 @@ def _unpack_q6_k(packed, codes, scales, mins):
 
 # ---------------------------------------------------------------- public
 
-quantize_q3_k = quantizer(__name__, "Q3_K", _quantize_q3_k)
-quantize_q6_k = quantizer(__name__, "Q6_K", _quantize_q6_k)
-dequantize_q3_k = dequantizer(__name__, "Q3_K", _dequantize_q3_k)
-dequantize_q6_k = dequantizer(__name__, "Q6_K", _dequantize_q6_k)
-unpack_q3_k = unpacker(__name__, "Q3_K", _unpack_q3_k)
-unpack_q6_k = unpacker(__name__, "Q6_K", _unpack_q6_k)
+quantize_q3_k, dequantize_q3_k, unpack_q3_k = twins("Q3_K", _quantize_q3_k, _dequantize_q3_k, _unpack_q3_k)
+quantize_q6_k, dequantize_q6_k, unpack_q6_k = twins("Q6_K", _quantize_q6_k, _dequantize_q6_k, _unpack_q6_k)
 
 describe_twins(__name__, "numba")

@@ -27,7 +27,7 @@ from numba import njit, prange
 from qviz.formats.blocks import describe_twins
 from qviz.formats.gguf_legacy import KVALUES_IQ4NL
 from qviz.formats.spec import FORMATS, QK
-from qviz.kernels.numba.buffers import dequantizer, quantizer, unpacker
+from qviz.kernels.numba.buffers import twins
 from qviz.kernels.numba.lanes_sym import (LANES, block_weights_lanes, iq4nl_codes_lanes,
                                           iq4nl_quants_lanes, to_lanes)
 from qviz.kernels.numba.search import (JIT_OPTIONS, fp16_bits, make_qkx3_quants, make_qx_quants, read_fp16,
@@ -182,43 +182,18 @@ def _min_ref(xb, nmax, L):
 # ---------------------------------------------------------------- kernels
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize_symmetric(x, imatrix, out, nmax):
-    """Q4_0 (nmax 8) and Q5_0 (nmax 16) rows into ``out``; ``_impl`` when imatrix is given.
+def _quantize_affine(x, imatrix, out, nmax):
+    """Q4_0 (nmax 8), Q4_1 (15), Q5_0 (16) and Q5_1 (31) rows into ``out``; ``_impl`` when imatrix is given.
 
     x : float32 (n_rows, n_cols), C-contiguous (rows are viewed as blocks).
+    The ``_1`` types (odd ``nmax``) store a min ``m`` after ``d``; the 5-bit
+    types their fifth bits ``qh`` before ``qs``.
     """
     n_rows, n_cols = x.shape
     n_blocks = n_cols // QK
-    size = Q4_0_SIZE if nmax == 8 else Q5_0_SIZE
-    for r in prange(n_rows):
-        xr = x[r].reshape(n_blocks, QK)  # (n_blocks, 32)
-        blocks = out[r].reshape(n_blocks, size)  # (n_blocks, type_size)
-        L = np.empty(QK, dtype=np.int32)
-        weight = np.empty(QK, dtype=F32)
-        sigma2 = _row_sigma2(x[r]) if imatrix is not None else F32(0.0)
-        for b in range(n_blocks):
-            xb = xr[b]
-            o = blocks[b]
-            if imatrix is None:
-                d = _symmetric_ref(xb, nmax, L)
-            else:
-                _fill_weights(xb, imatrix[b * QK:(b + 1) * QK], sigma2, weight)
-                d = make_qx_quants(QK, nmax, xb, L, 1, weight)
-            write_fp16(o, 0, fp16_bits(d))
-            if nmax == 16:
-                _put_high_bits(o[2:6], L)
-            _put_nibbles(o[size - 16:], L)
-
-
-@njit(parallel=True, **JIT_OPTIONS)
-def _quantize_min(x, imatrix, out, nmax):
-    """Q4_1 (nmax 15) and Q5_1 (nmax 31) rows into ``out``; ``_impl`` when imatrix is given.
-
-    x : float32 (n_rows, n_cols), C-contiguous (rows are viewed as blocks).
-    """
-    n_rows, n_cols = x.shape
-    n_blocks = n_cols // QK
-    size = Q4_1_SIZE if nmax == 15 else Q5_1_SIZE
+    has_min = nmax % 2 == 1
+    qh = 4 if has_min else 2  # offset of qh: after d (and m)
+    size = Q4_0_SIZE if nmax == 8 else Q4_1_SIZE if nmax == 15 else Q5_0_SIZE if nmax == 16 else Q5_1_SIZE
     for r in prange(n_rows):
         xr = x[r].reshape(n_blocks, QK)  # (n_blocks, 32)
         blocks = out[r].reshape(n_blocks, size)  # (n_blocks, type_size)
@@ -229,16 +204,24 @@ def _quantize_min(x, imatrix, out, nmax):
         for b in range(n_blocks):
             xb = xr[b]
             o = blocks[b]
+            m = F32(0.0)
             if imatrix is None:
-                d, m = _min_ref(xb, nmax, L)
+                if has_min:
+                    d, m = _min_ref(xb, nmax, L)
+                else:
+                    d = _symmetric_ref(xb, nmax, L)
             else:
                 _fill_weights(xb, imatrix[b * QK:(b + 1) * QK], sigma2, weight)
-                d, the_min = make_qkx3_quants(QK, nmax, xb, weight, L, Laux, -0.9, 0.05, 36, False)
-                m = -the_min
+                if has_min:
+                    d, the_min = make_qkx3_quants(QK, nmax, xb, weight, L, Laux, -0.9, 0.05, 36, False)
+                    m = -the_min
+                else:
+                    d = make_qx_quants(QK, nmax, xb, L, 1, weight)
             write_fp16(o, 0, fp16_bits(d))
-            write_fp16(o, 2, fp16_bits(m))
-            if nmax == 31:
-                _put_high_bits(o[4:8], L)
+            if has_min:
+                write_fp16(o, 2, fp16_bits(m))
+            if nmax > 15:
+                _put_high_bits(o[qh:qh + 4], L)
             _put_nibbles(o[size - 16:], L)
 
 
@@ -486,26 +469,21 @@ def _unpack_q8_0(packed, codes, d, mins):
 
 # ---------------------------------------------------------- public names
 
-_LEVELS = KVALUES_IQ4NL.astype(F32)
-quantize_q4_0 = quantizer(__name__, "Q4_0", _quantize_symmetric, 8)
-quantize_q4_1 = quantizer(__name__, "Q4_1", _quantize_min, 15)
-quantize_q5_0 = quantizer(__name__, "Q5_0", _quantize_symmetric, 16)
-quantize_q5_1 = quantizer(__name__, "Q5_1", _quantize_min, 31)
-quantize_q8_0 = quantizer(__name__, "Q8_0", _quantize_q8_0)
-quantize_iq4_nl = quantizer(__name__, "IQ4_NL", _quantize_iq4_nl)
-
-dequantize_q4_0 = dequantizer(__name__, "Q4_0", _dequantize_q4_0)
-dequantize_q4_1 = dequantizer(__name__, "Q4_1", _dequantize_q4_1)
-dequantize_q5_0 = dequantizer(__name__, "Q5_0", _dequantize_q5_0)
-dequantize_q5_1 = dequantizer(__name__, "Q5_1", _dequantize_q5_1)
-dequantize_q8_0 = dequantizer(__name__, "Q8_0", _dequantize_q8_0)
-dequantize_iq4_nl = dequantizer(__name__, "IQ4_NL", _dequantize_iq4_nl)
-
-unpack_q4_0 = unpacker(__name__, "Q4_0", _unpack_nibbles, Q4_0_SIZE, None)
-unpack_q4_1 = unpacker(__name__, "Q4_1", _unpack_nibbles, Q4_1_SIZE, None, mins=True)
-unpack_q5_0 = unpacker(__name__, "Q5_0", _unpack_nibbles, Q5_0_SIZE, HIGH_BITS)
-unpack_q5_1 = unpacker(__name__, "Q5_1", _unpack_nibbles, Q5_1_SIZE, HIGH_BITS, mins=True)
-unpack_q8_0 = unpacker(__name__, "Q8_0", _unpack_q8_0)
-unpack_iq4_nl = unpacker(__name__, "IQ4_NL", _unpack_nibbles, IQ4_NL_SIZE, None, codebook=_LEVELS)
+#: per type: the quantize kernel and its parameters, the dequantize kernel, the unpack kernel and its parameters
+KERNELS = {
+    "Q4_0": ((_quantize_affine, 8), _dequantize_q4_0, (_unpack_nibbles, Q4_0_SIZE, None)),
+    "Q4_1": ((_quantize_affine, 15), _dequantize_q4_1, (_unpack_nibbles, Q4_1_SIZE, None)),
+    "Q5_0": ((_quantize_affine, 16), _dequantize_q5_0, (_unpack_nibbles, Q5_0_SIZE, HIGH_BITS)),
+    "Q5_1": ((_quantize_affine, 31), _dequantize_q5_1, (_unpack_nibbles, Q5_1_SIZE, HIGH_BITS)),
+    "Q8_0": (_quantize_q8_0, _dequantize_q8_0, _unpack_q8_0),
+    "IQ4_NL": (_quantize_iq4_nl, _dequantize_iq4_nl, (_unpack_nibbles, IQ4_NL_SIZE, None)),
+}
+quantize_q4_0, dequantize_q4_0, unpack_q4_0 = twins("Q4_0", *KERNELS["Q4_0"])
+quantize_q4_1, dequantize_q4_1, unpack_q4_1 = twins("Q4_1", *KERNELS["Q4_1"])
+quantize_q5_0, dequantize_q5_0, unpack_q5_0 = twins("Q5_0", *KERNELS["Q5_0"])
+quantize_q5_1, dequantize_q5_1, unpack_q5_1 = twins("Q5_1", *KERNELS["Q5_1"])
+quantize_q8_0, dequantize_q8_0, unpack_q8_0 = twins("Q8_0", *KERNELS["Q8_0"])
+quantize_iq4_nl, dequantize_iq4_nl, unpack_iq4_nl = twins("IQ4_NL", *KERNELS["IQ4_NL"],
+                                                          codebook=KVALUES_IQ4NL.astype(F32))
 
 describe_twins(__name__, "numba")

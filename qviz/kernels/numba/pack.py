@@ -72,17 +72,10 @@ def _unpack_stream(words, bits, out):
 
 
 def pack(codes: np.ndarray, bits: int, order: str = "gptq") -> np.ndarray:
-    """Pack codes along the last axis into int32 words (see :func:`qviz.formats.pack.pack`).
+    """Pack codes (n_rows, n) uint8, each < 2**bits, into words (n_rows, n * bits // 32) int32.
 
-    Parameters
-    ----------
-    codes : ndarray, shape (n_rows, n), uint8, each < 2**bits
-    bits : {2, 3, 4, 8}
-    order : {"gptq", "awq"}
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n * bits // 32), int32
+    The numba twin of :func:`qviz.formats.pack.pack` (its parameters, bit for
+    bit its words): ``bits`` in {2, 3, 4, 8}, ``order`` ``"gptq"`` or ``"awq"``.
     """
     n_words = check_pack_args(codes.shape[-1], bits, order)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -95,17 +88,10 @@ def pack(codes: np.ndarray, bits: int, order: str = "gptq") -> np.ndarray:
 
 
 def unpack(words: np.ndarray, bits: int, order: str = "gptq") -> np.ndarray:
-    """Inverse of :func:`pack` (see :func:`qviz.formats.pack.unpack`).
+    """Inverse of :func:`pack`: words (n_rows, n_words), int32 or uint32 -> codes (n_rows, n), uint8.
 
-    Parameters
-    ----------
-    words : ndarray, shape (n_rows, n_words), int32 or uint32
-    bits : {2, 3, 4, 8}
-    order : {"gptq", "awq"}
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_words * 32 // bits), uint8
+    ``n = n_words * 32 // bits``. The numba twin of :func:`qviz.formats.pack.unpack` (its
+    parameters, its codes).
     """
     n = words.shape[1] * 32 // bits
     check_pack_args(n, bits, order)
