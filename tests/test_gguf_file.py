@@ -405,7 +405,9 @@ def test_requantize_unknown_type_lists_valid_ones(f32_model, tmp_path):
 def test_requantize_patterns_and_copies(f32_model, tmp_path):
     dst = tmp_path / "out.gguf"
     before = sha256(f32_model)
-    got = requantize(f32_model, dst, {"*ffn_down*": "F16", "blk.*": "F32", "*_norm*": "F16"})
+    with pytest.warns(UserWarning, match=r"'\*_norm\*' decide no tensor"):  # norms are never quantized
+        got = requantize(f32_model, dst, {"*ffn_down*": "F16", "blk.*": "F32", "*_norm*": "F16"})
+    assert got.unmatched == ("*_norm*",)
     assert got == {
         "token_embd.weight": "F32",  # unmatched: copied
         "blk.0.attn_norm.weight": "F32",  # 1-D: copied, stays F32

@@ -1,12 +1,18 @@
 """Fuzzing qviz.io.gguf.read: a mutated GGUF file parses or raises GGUFError.
 
 Never another exception, never a hang, never a large allocation. The
-mutations are seeded: 10,000 copies in CI, ``QVIZ_FUZZ_N`` to run more
-(``QVIZ_FUZZ_N=1000000 pytest tests/test_gguf_fuzz.py``).
+mutations are seeded: 10,000 in CI (one in twenty a size attack: a header
+that really holds up to a quarter of a million strings, nested arrays,
+numbers, keys or tensor infos, then mutated too), 100,000 in the slow test,
+``QVIZ_FUZZ_N`` to run more (``QVIZ_FUZZ_N=1000000 pytest tests/test_gguf_fuzz.py``).
+Each input must parse or fail within :data:`MAX_SECONDS_PER_CASE` and
+allocate at most :data:`MAX_PEAK_PER_BYTE` times its size (``tracemalloc``):
+bounds on blow-ups, not speed (``benchmarks/bench_gguf_reader.py`` measures that).
 """
 from __future__ import annotations
 
 import os
+import resource
 import struct
 import time
 import tracemalloc
@@ -16,13 +22,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_gguf_file import build_small_gguf_bytes
+from gguf import GGUFValueType as V
+from test_hostile_gguf import ATTACKS, numbers
 
 from qviz.io.gguf import GGUFError, read
 
 N_CASES = int(os.environ.get("QVIZ_FUZZ_N", "10000"))
 SEED = 20240531
-#: one parse of a ~3 kB file takes about a millisecond; this bound is for a hang
-MAX_SECONDS_PER_CASE = 2.0
+#: one parse of a ~3 kB file takes about a millisecond, of a 256 kB attack tens; this bound is for a hang
+MAX_SECONDS_PER_CASE = 3.0
+#: peak allocation per byte of input, beyond a fixed allowance for the parser itself and its error:
+#: measured at most about 8 (tensor infos, tiny keys); the bound is for blow-ups
+MAX_PEAK_PER_BYTE, PEAK_ALLOWANCE = 24, 64 << 10
+#: every how many cases a size attack comes, and the largest one (bytes; sizes are log-uniform from 256)
+ATTACK_EVERY, ATTACK_MAX_BYTES = 20, 1 << 16
 #: values that break counts, lengths, dims, types and offsets
 ABSURD = (0, 1, 2, 31, 33, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40,
           2**62, 2**63 - 1, 2**63, 2**64 - 1)
@@ -86,26 +99,79 @@ def _parse(data: bytes) -> None:
         assert f.raw(t.name).nbytes == t.n_bytes
 
 
-def test_fuzz_mutated_files_parse_or_raise_gguf_error():
+def _attack(rng: np.random.Generator) -> tuple[bytes, str]:
+    """A size attack of random kind and size, most often with one more mutation."""
+    name = list(ATTACKS)[int(rng.integers(len(ATTACKS)))]
+    size = int(2 ** rng.uniform(8, np.log2(ATTACK_MAX_BYTES)))
+    data = ATTACKS[name](size)
+    if rng.random() < 0.75:
+        data, what = _mutate(data, rng, len(data))
+        return data, f"{name} of {size} bytes, {what}"
+    return data, f"{name} of {size} bytes"
+
+
+def fuzz(n_cases: int, seed: int = SEED) -> dict:
+    """Run ``n_cases`` seeded mutations -> figures (failures, slowest case, peak allocation, RSS).
+
+    Also run by ``benchmarks/bench_gguf_reader.py`` for BENCHMARKS.md.
+    """
     base = build_small_gguf_bytes()
     header_end = _header_end(base)
-    rng = np.random.default_rng(SEED)
-    failures, slowest, parsed = [], (0.0, ""), 0
+    rng = np.random.default_rng(seed)
+    failures, slowest, heaviest, attacks = [], (0.0, ""), (-np.inf, 0, 0, ""), 0
+    for etype in (V.INT8, V.UINT16, V.INT16):  # the reader's one-time table of their ints (2.3 MB)
+        read(numbers(4, etype))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
-    for i in range(N_CASES):
-        data, what = _mutate(base, rng, header_end)
-        t0 = time.perf_counter()
-        try:
-            _parse(data)
-        except Exception as e:  # noqa: BLE001 - collected and reported below
-            failures.append(f"case {i} ({what}): {type(e).__name__}: {e}")
-        dt = time.perf_counter() - t0
-        slowest = max(slowest, (dt, f"case {i} ({what})"))
-    elapsed = time.perf_counter() - start
-    assert not failures, f"{len(failures)} of {N_CASES} mutated files escaped GGUFError:\n" + \
+    tracemalloc.start()
+    try:
+        for i in range(n_cases):
+            if i % ATTACK_EVERY == ATTACK_EVERY - 1:
+                data, what = _attack(rng)
+                attacks += 1
+            else:
+                data, what = _mutate(base, rng, header_end)
+            tracemalloc.reset_peak()
+            base_mem = tracemalloc.get_traced_memory()[0]
+            t0 = time.perf_counter()
+            try:
+                _parse(data)
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                failures.append(f"case {i} ({what}): {type(e).__name__}: {e}")
+            dt = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1] - base_mem
+            slowest = max(slowest, (dt, f"case {i} ({what}), {len(data)} bytes"))
+            over = peak - MAX_PEAK_PER_BYTE * len(data) - PEAK_ALLOWANCE  # < 0 within the bound
+            heaviest = max(heaviest, (over, peak, len(data), f"case {i} ({what})"))
+    finally:
+        tracemalloc.stop()
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"cases": n_cases, "size_attacks": attacks, "failures": failures,
+            "seconds": time.perf_counter() - start, "slowest": slowest, "heaviest": heaviest,
+            "max_rss_growth": rss_after - rss_before}
+
+
+def _check(figures: dict) -> None:
+    failures, n = figures["failures"], figures["cases"]
+    assert not failures, f"{len(failures)} of {n} mutated files escaped GGUFError:\n" + \
         "\n".join(failures[:10])
-    assert slowest[0] < MAX_SECONDS_PER_CASE, f"slowest parse took {slowest[0]:.2f} s: {slowest[1]}"
-    assert elapsed < N_CASES * MAX_SECONDS_PER_CASE
+    seconds, which = figures["slowest"]
+    assert seconds < MAX_SECONDS_PER_CASE, f"slowest parse took {seconds:.2f} s: {which}"
+    over, peak, size, which = figures["heaviest"]
+    assert over < 0, f"{which} allocated {peak} bytes for {size} bytes of input"
+    # the process as a whole: the largest attack is 64 kB, so RSS must not grow by hundreds of MB
+    assert figures["max_rss_growth"] < 256 << 20, f"max RSS grew by {figures['max_rss_growth']} bytes"
+
+
+def test_fuzz_mutated_files_parse_or_raise_gguf_error():
+    figures = fuzz(N_CASES)
+    assert figures["size_attacks"] >= N_CASES // ATTACK_EVERY
+    _check(figures)
+
+
+@pytest.mark.slow
+def test_fuzz_100k():
+    _check(fuzz(100_000, SEED + 2))
 
 
 def test_absurd_counts_allocate_nothing_large():

@@ -1,9 +1,11 @@
 """GGUF files in and out: the public names of :mod:`~qviz.io.gguf_reader` and :mod:`~qviz.io.gguf_writer`.
 
 ``qviz.gguf`` is this module. :func:`read` is the validating, memory-mapped
-reader (:mod:`qviz.io.gguf_reader`); :func:`requantize` writes a copy of a
-file with its weight matrices re-quantized by qviz (:mod:`qviz.io.gguf_writer`).
-The reader knows nothing of the writer.
+reader (:mod:`qviz.io.gguf_reader`: its costs, its large numeric metadata
+arrays as numpy arrays, and what it does when the file changes under it are
+described there); :func:`requantize` writes a copy of a file with its weight
+matrices re-quantized by qviz (:mod:`qviz.io.gguf_writer`), returning a
+:class:`Requantized` dict. The reader knows nothing of the writer.
 
 Examples
 --------
@@ -14,12 +16,13 @@ Examples
 """
 from __future__ import annotations
 
-from qviz.io.gguf_reader import (MAX_DIMS, MAX_NESTING, PLAIN_DTYPES, SUPPORTED_VERSIONS, GGUFError,
-                                 GGUFFile, StorageType, TensorInfo, read, storage_type)
-from qviz.io.gguf_writer import (FILE_TYPES, FLOAT_FILE_TYPES, FLOAT_TYPES, NEVER_QUANTIZED,
+from qviz.io.gguf_reader import (LIST_MAX_ITEMS, MAX_DIMS, MAX_NESTING, PLAIN_DTYPES, SUPPORTED_VERSIONS,
+                                 GGUFError, GGUFFile, StorageType, TensorInfo, read, storage_type)
+from qviz.io.gguf_writer import (FILE_TYPES, FLOAT_FILE_TYPES, FLOAT_TYPES, NEVER_QUANTIZED, Requantized,
                                  check_types, file_type, requantize, requested_type, type_names)
 
-__all__ = ["read", "requantize", "GGUFError", "GGUFFile", "TensorInfo", "StorageType", "storage_type",
-           "PLAIN_DTYPES", "SUPPORTED_VERSIONS", "MAX_DIMS", "MAX_NESTING", "FLOAT_TYPES",
+__all__ = ["read", "requantize", "Requantized", "GGUFError", "GGUFFile", "TensorInfo", "StorageType",
+           "storage_type", "PLAIN_DTYPES", "SUPPORTED_VERSIONS", "MAX_DIMS", "MAX_NESTING",
+           "LIST_MAX_ITEMS", "FLOAT_TYPES",
            "FLOAT_FILE_TYPES", "FILE_TYPES", "NEVER_QUANTIZED", "check_types", "file_type",
            "requested_type", "type_names"]

@@ -24,12 +24,39 @@ A tensor's ggml type is looked up in gguf-py's table first, then among the
 types registered in :mod:`qviz.registry` (:func:`storage_type`), so a file
 holding a type qviz registered reads, decodes and wraps as a result too.
 The writer, :func:`qviz.io.gguf_writer.requantize`, lives in its own module.
+
+Costs. A header of N bytes is parsed in O(N) time with a small constant
+(about 0.3 s for the 8 MiB header of a million empty strings, the densest
+case; ``benchmarks/bench_gguf_reader.py``) and O(N) memory: arrays of more
+than :data:`LIST_MAX_ITEMS` numbers become read-only numpy arrays (a copy of
+their bytes, never a Python list of them), so the parsed metadata and tensor
+list take at most about ten times the header's bytes even for a header made
+of nothing but tiny strings, arrays or tensor infos.
+
+A file changed under the map. The file stays open while the
+:class:`GGUFFile` is; before each read of the file's bytes (:meth:`~GGUFFile.raw`,
+:meth:`~GGUFFile.decode`, :meth:`~GGUFFile.tensor_bytes`, :meth:`~GGUFFile.encoded`,
+:meth:`~GGUFFile.result`) its size and modification time are checked
+against those :func:`read` saw (``fstat`` of the open file), and a file
+changed in place (truncated, rewritten, copied over) raises
+:class:`GGUFError` instead of letting the process die of ``SIGBUS``. What
+remains: a truncation in the instant between that check and the read, and
+arrays already handed out by :meth:`~GGUFFile.raw`, :meth:`~GGUFFile.tensor_bytes`
+and :meth:`~GGUFFile.result`, which are views of the map (copy them,
+``np.array(f.raw(name))``, to keep them past a change of the file). A file
+replaced by renaming another over it is not a change of the open file: the
+:class:`GGUFFile` keeps reading the version it parsed, which stays intact.
 """
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import mmap
 import os
+import struct
+import weakref
+from array import array
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,8 +69,19 @@ SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4
 #: deepest array-of-array nesting read (ggml itself reads none)
 MAX_NESTING = 8
+#: metadata arrays of numbers (or bools) with more elements are read-only numpy
+#: arrays instead of Python lists (a tokenizer's scores, a large array a header claims)
+LIST_MAX_ITEMS = 256
 _INT64_MAX = 2**63 - 1
 _MAGIC = b"GGUF"
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_ARRAY_HEAD = struct.Struct("<IQ")  # element type, count
+_TYPE_OFFSET = struct.Struct("<IQ")  # a tensor's ggml type and data offset
+#: GGUF value type ids, as plain ints: the parser's hot loops compare these
+_STRING, _ARRAY, _BOOL = int(GGUFValueType.STRING), int(GGUFValueType.ARRAY), int(GGUFValueType.BOOL)
+_VALUE_TYPES = {int(t): t for t in GGUFValueType}
 
 #: scalar GGUF value types and how they are stored
 _SCALARS = {
@@ -59,9 +97,14 @@ _SCALARS = {
     GGUFValueType.INT64: np.dtype("<i8"),
     GGUFValueType.FLOAT64: np.dtype("<f8"),
 }
+#: scalar type id -> its struct (BOOL: "?", any non-zero byte is True)
+_SCALAR_STRUCTS = {int(t): struct.Struct("<" + code) for t, code in {
+    GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H",
+    GGUFValueType.INT16: "h", GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i",
+    GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?", GGUFValueType.UINT64: "Q",
+    GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d"}.items()}
 #: fewest bytes one value of a type can take (string: its length; array: type + count)
-_MIN_VALUE_BYTES = {**{t: d.itemsize for t, d in _SCALARS.items()},
-                    GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}
+_MIN_VALUE_BYTES = {**{int(t): d.itemsize for t, d in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
 #: key length + value type + the smallest value
 _MIN_KV_BYTES = 8 + 4 + 1
 #: name length + n_dims + one dim + type + offset
@@ -179,22 +222,39 @@ def storage_type(key: str | int) -> StorageType:
     raise KeyError(f"no ggml type {key!r} in gguf-py or qviz.registry")
 
 
-class _Value(NamedTuple):
-    """Where a metadata value lies: its type and its encoded bytes [start, end)."""
-
-    type: GGUFValueType
-    start: int
-    end: int
-
-
 def _label(name: str, limit: int = 64) -> str:
     """``repr(name)``, shortened: a corrupt file can hold megabyte-long names."""
-    r = repr(name)
-    return r if len(r) <= limit else r[:limit] + "…"
+    r = repr(name[:limit])
+    return r if len(name) <= limit and len(r) <= limit else r[:limit] + "…"
+
+
+#: integer types whose values CPython does not all cache (it caches -5..256)
+_SMALL_INTS = (int(GGUFValueType.INT8), int(GGUFValueType.UINT16), int(GGUFValueType.INT16))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_ints(vtype: int) -> list[int]:
+    """Every value of the 8- or 16-bit integer type ``vtype``, indexed by itself.
+
+    Signed types list 0..max then min..-1, so a negative value indexes from
+    the end and ``table[v] == v`` throughout. A list of small integers built
+    from the table holds shared objects: 8 bytes an element, where fresh ints
+    take 36, so a header of INT8/INT16 arrays costs a few times its bytes,
+    not tens. Built on first use (2.3 MB for a 16-bit type).
+    """
+    info = np.iinfo(_SCALARS[GGUFValueType(vtype)])
+    return [*range(0, int(info.max) + 1), *range(int(info.min), 0)]
 
 
 class _Cursor:
-    """Reads GGUF values from a byte buffer; every read first checks the bytes left."""
+    """Reads GGUF values from a byte buffer; every read first checks the bytes left.
+
+    Nothing is allocated or looped over for a count or length before it is
+    checked against the bytes that remain, and every element an array
+    claims is paid for by bytes of the file, so parsing N bytes costs O(N).
+    """
+
+    __slots__ = ("buf", "pos", "size", "source")
 
     def __init__(self, buf: memoryview, source: str):
         self.buf = buf
@@ -216,15 +276,11 @@ class _Cursor:
         self.pos += n
         return start
 
-    def scalar(self, dtype: np.dtype, what: str):
-        start = self.take(dtype.itemsize, what)
-        return np.frombuffer(self.buf, dtype, 1, start)[0].item()
-
     def u32(self, what: str) -> int:
-        return self.scalar(_SCALARS[GGUFValueType.UINT32], what)
+        return _U32.unpack_from(self.buf, self.take(4, what))[0]
 
     def u64(self, what: str) -> int:
-        return self.scalar(_SCALARS[GGUFValueType.UINT64], what)
+        return _U64.unpack_from(self.buf, self.take(8, what))[0]
 
     def count(self, what: str, min_item_bytes: int) -> int:
         """Read a u64 count of items that take at least ``min_item_bytes`` each."""
@@ -237,41 +293,109 @@ class _Cursor:
                              f"truncated file)", at)
         return n
 
-    def string(self, what: str) -> str:
-        n = self.count(f"length of {what}", 1)
-        start = self.take(n, what)
+    def text(self, start: int, n: int, what: str) -> str:
+        """Bytes [start, start + n) of ``what`` as UTF-8."""
         try:
             return str(self.buf[start:start + n], "utf-8")
         except UnicodeDecodeError as e:
             raise self.error(f"{what} is not valid UTF-8 ({e.reason} at byte "
                              f"{start + e.start})", start) from None
 
-    def value_type(self, what: str) -> GGUFValueType:
+    def string(self, what: str) -> str:
+        n = self.count(f"length of {what}", 1)
+        return self.text(self.take(n, what), n, what)
+
+    def value_type(self, what: str) -> int:
         at = self.pos
         raw = self.u32(what)
-        try:
-            return GGUFValueType(raw)
-        except ValueError:
+        if raw not in _VALUE_TYPES:
             raise self.error(f"{what} is {raw}, not a GGUF value type "
-                             f"(valid: 0..{int(max(GGUFValueType))})", at) from None
+                             f"(valid: 0..{int(max(GGUFValueType))})", at)
+        return raw
 
-    def value(self, vtype: GGUFValueType, what: str, depth: int = 0):
-        """Read one value of type ``vtype`` as a plain Python object."""
-        if vtype == GGUFValueType.STRING:
-            return self.string(what)
-        if vtype != GGUFValueType.ARRAY:
-            v = self.scalar(_SCALARS[vtype], what)
-            return bool(v) if vtype == GGUFValueType.BOOL else v
+    def value(self, vtype: int, key: str):
+        """Read the value of metadata ``key``, of type ``vtype``, as a Python object.
+
+        See :attr:`GGUFFile.metadata` for what each type becomes. Labels for
+        messages are only made when something is wrong.
+        """
+        if vtype == _ARRAY:
+            return self.array(f"value of {_label(key)}", 0)
+        if vtype == _STRING:
+            pos, left = self.pos, self.size - self.pos
+            if left >= 8 and (n := _U64.unpack_from(self.buf, pos)[0]) <= left - 8:
+                self.pos = pos + 8 + n
+                return self.text(pos + 8, n, key) if n else ""
+            return self.string(f"value of {_label(key)}")  # raises, saying why
+        unpacker = _SCALAR_STRUCTS[vtype]
+        if self.size - self.pos < unpacker.size:
+            self.take(unpacker.size, f"value of {_label(key)}")  # raises
+        self.pos += unpacker.size
+        return unpacker.unpack_from(self.buf, self.pos - unpacker.size)[0]
+
+    def array(self, what: str, depth: int):
+        """An array value (element type, count, elements) -> list, or ndarray for many numbers."""
         if depth >= MAX_NESTING:
             raise self.error(f"{what} nests arrays deeper than {MAX_NESTING} levels")
-        etype = self.value_type(f"element type of {what}")
-        n = self.count(f"length of {what}", _MIN_VALUE_BYTES[etype])
-        if etype in _SCALARS:
-            dtype = _SCALARS[etype]
-            start = self.take(n * dtype.itemsize, what)
-            items = np.frombuffer(self.buf, dtype, n, start)
-            return (items != 0).tolist() if etype == GGUFValueType.BOOL else items.tolist()
-        return [self.value(etype, f"{what}[{i}]", depth + 1) for i in range(n)]
+        pos, left = self.pos, self.size - self.pos
+        if left >= 12:
+            etype, n = _ARRAY_HEAD.unpack_from(self.buf, pos)
+            least = _MIN_VALUE_BYTES.get(etype)
+        if left >= 12 and least is not None and n * least <= left - 12:
+            self.pos = pos + 12
+        else:  # the checked reads, which raise naming the field
+            etype = self.value_type(f"element type of {what}")
+            n = self.count(f"length of {what}", _MIN_VALUE_BYTES[etype])
+        if etype == _STRING:
+            return self.strings(n, what)
+        if etype == _ARRAY:
+            items, i = [], 0
+            try:
+                for i in range(n):
+                    items.append(self.array(what, depth + 1))
+            except GGUFError as e:  # name the element only now: a label per element costs
+                raise self.error(f"{str(e).split(': ', 2)[-1]} (in element {i} of {what})",
+                                 e.offset) from None
+            return items
+        if not n:
+            return []
+        start, unpacker = self.pos, _SCALAR_STRUCTS[etype]
+        self.pos += n * unpacker.size  # checked above
+        if n <= LIST_MAX_ITEMS:
+            items = struct.unpack_from(f"<{n}{unpacker.format[1]}", self.buf, start)
+            if etype in _SMALL_INTS:
+                table = _shared_ints(etype)
+                return [table[v] for v in items]
+            return list(items)
+        dtype = _SCALARS[GGUFValueType(etype)]
+        items = np.frombuffer(self.buf, dtype, n, start)
+        items = (items != 0) if etype == _BOOL else items.copy()  # never a view of the file
+        items.flags.writeable = False
+        return items
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """``n`` strings (each a u64 length and its bytes) -> list."""
+        buf, pos, end, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        out = [""] * n
+        for i in range(n):
+            if end - pos < 8:
+                self.pos = pos
+                raise self.error(f"length of {what}[{i}] needs 8 bytes but only {end - pos} "
+                                 f"are left (a truncated or corrupt file of {end} bytes)")
+            length = unpack(buf, pos)[0]
+            pos += 8
+            if length > end - pos:
+                raise self.error(f"length of {what}[{i}] is {length}, but only {end - pos} "
+                                 f"bytes are left (a corrupt length, or a truncated file)",
+                                 pos - 8)
+            if length:
+                try:
+                    out[i] = str(buf[pos:pos + length], "utf-8")
+                except UnicodeDecodeError:
+                    self.text(pos, length, f"{what}[{i}]")  # raises, naming the byte
+                pos += length
+        self.pos = pos
+        return out
 
 
 def _read_header(cur: _Cursor) -> tuple[int, int, int]:
@@ -294,101 +418,215 @@ def _read_header(cur: _Cursor) -> tuple[int, int, int]:
     return version, n_tensors, n_kv
 
 
-def _read_metadata(cur: _Cursor, n_kv: int) -> tuple[dict, dict[str, _Value]]:
-    """The key/value section -> (key -> Python value, key -> where its value lies)."""
-    metadata, values = {}, {}
+class _Values:
+    """Where each metadata value lies, compactly: key order and [start, end) of its encoded bytes.
+
+    Two integers a key (no tuple, no second dict), so that a header of many
+    tiny values costs little more than the values themselves.
+    """
+
+    def __init__(self):
+        self.keys: list[str] = []
+        self.starts = array("q")
+        self.ends = array("q")
+        self._index: dict[str, int] | None = None
+
+    def add(self, key: str, start: int, end: int) -> None:
+        self.keys.append(key)
+        self.starts.append(start)
+        self.ends.append(end)
+
+    def span(self, key: str) -> tuple[int, int]:
+        """[start, end) of ``key``'s value, the value type being the 4 bytes before it.
+
+        Raises
+        ------
+        KeyError
+            For a key the file does not have.
+        """
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self.keys)}
+        i = self._index[key]
+        return self.starts[i], self.ends[i]
+
+
+def _read_metadata(cur: _Cursor, n_kv: int) -> tuple[dict, _Values]:
+    """The key/value section -> (key -> Python value, where each value lies)."""
+    metadata, values = {}, _Values()
+    buf, size = cur.buf, cur.size
     for i in range(n_kv):
-        at = cur.pos
-        key = cur.string(f"key of metadata entry {i}")
+        at, left = cur.pos, size - cur.pos
+        # the usual case in one go: key length, key and value type all in the file
+        if (left >= 8 and (n := _U64.unpack_from(buf, at)[0]) <= left - 12
+                and (vtype := _U32.unpack_from(buf, at + 8 + n)[0]) in _VALUE_TYPES):
+            key = cur.text(at + 8, n, f"key of metadata entry {i}") if n else ""
+            cur.pos = at + 12 + n
+        else:  # the checked reads, which raise naming the field
+            key = cur.string(f"key of metadata entry {i}")
+            vtype = cur.value_type(f"value type of {_label(key)}")
         if key in metadata:
             raise cur.error(f"metadata key {_label(key)} appears twice", at)
-        vtype = cur.value_type(f"value type of {_label(key)}")
         start = cur.pos
-        metadata[key] = cur.value(vtype, f"value of {_label(key)}")
-        values[key] = _Value(vtype, start, cur.pos)
+        metadata[key] = cur.value(vtype, key)
+        values.add(key, start, cur.pos)
     return metadata, values
 
 
-def _read_tensor_info(cur: _Cursor, i: int) -> tuple[str, StorageType, tuple, int, int]:
-    """One tensor info -> (name, type, numpy shape, offset in data section, info position)."""
-    at = cur.pos
+def _tensor_fields(cur: _Cursor, i: int) -> tuple[str, tuple[int, ...], int, int, int]:
+    """Tensor info ``i``'s fields -> (name, ggml dims, ggml type, data offset, where dims start)."""
+    buf, at = cur.buf, cur.pos
+    left = cur.size - at
+    if left >= 8 and (n := _U64.unpack_from(buf, at)[0]) <= left - 12:
+        n_dims = _U32.unpack_from(buf, at + 8 + n)[0]
+        if 1 <= n_dims <= MAX_DIMS and left >= 24 + n + 8 * n_dims:  # the usual case in one go
+            name = cur.text(at + 8, n, f"name of tensor {i}") if n else ""
+            dims_at = at + 12 + n
+            dims = struct.unpack_from(f"<{n_dims}Q", buf, dims_at)
+            raw_type, offset = _TYPE_OFFSET.unpack_from(buf, dims_at + 8 * n_dims)
+            cur.pos = dims_at + 8 * n_dims + 12
+            return name, dims, raw_type, offset, dims_at
+    # the checked reads, which raise naming the field
     name = cur.string(f"name of tensor {i}")
-    what = f"tensor {_label(name)}"
-    n_dims = cur.u32(f"n_dims of {what}")
+    n_dims = cur.u32(f"n_dims of tensor {_label(name)}")
     if not 1 <= n_dims <= MAX_DIMS:
-        raise cur.error(f"{what} has n_dims = {n_dims}; ggml allows 1 to {MAX_DIMS}", cur.pos - 4)
-    dims = [cur.u64(f"dimension {j} of {what}") for j in range(n_dims)]
-    if math.prod(max(d, 1) for d in dims) > _INT64_MAX:  # a zero dim must not hide a huge one
-        raise cur.error(f"{what} has dimensions {dims}, which overflow ggml's int64",
-                        cur.pos - 8 * n_dims)
-    type_at = cur.pos
-    raw_type = cur.u32(f"type of {what}")
-    try:
-        qtype = storage_type(raw_type)
-    except KeyError:
-        raise cur.error(f"{what} has ggml type {raw_type}, which is not a known type", type_at) from None
+        raise cur.error(f"tensor {_label(name)} has n_dims = {n_dims}; ggml allows 1 to "
+                        f"{MAX_DIMS}", cur.pos - 4)
+    dims_at = cur.take(8 * n_dims, f"dimensions of tensor {_label(name)}")
+    dims = struct.unpack_from(f"<{n_dims}Q", buf, dims_at)
+    raw_type = cur.u32(f"type of tensor {_label(name)}")
+    offset = cur.u64(f"data offset of tensor {_label(name)}")
+    return name, dims, raw_type, offset, dims_at
+
+
+def _read_tensor_info(cur: _Cursor, i: int, known: dict) -> TensorInfo:
+    """One tensor info -> TensorInfo whose offset is still relative to the data section.
+
+    ``known``: ggml type id -> StorageType, the ids already looked up.
+    """
+    name, dims, raw_type, offset, dims_at = _tensor_fields(cur, i)
+    extent = 1
+    for d in dims:
+        extent *= d or 1  # a zero dim must not hide a huge one
+    if extent > _INT64_MAX:
+        raise cur.error(f"tensor {_label(name)} has dimensions {list(dims)}, which overflow "
+                        f"ggml's int64", dims_at)
+    type_at = dims_at + 8 * len(dims)
+    qtype = known.get(raw_type)
+    if qtype is None:
+        try:
+            qtype = known[raw_type] = storage_type(raw_type)
+        except KeyError:
+            raise cur.error(f"tensor {_label(name)} has ggml type {raw_type}, which is not a "
+                            f"known type", type_at) from None
     if dims[0] % qtype.block_size:
-        raise cur.error(f"{what} is {qtype.name} with rows of {dims[0]} weights, not a "
-                        f"multiple of its block size {qtype.block_size}", type_at)
-    offset = cur.u64(f"data offset of {what}")
-    return name, qtype, tuple(reversed(dims)), offset, at
+        raise cur.error(f"tensor {_label(name)} is {qtype.name} with rows of {dims[0]} weights, "
+                        f"not a multiple of its block size {qtype.block_size}", type_at)
+    shape = dims[::-1]
+    n_bytes = math.prod(shape) // qtype.block_size * qtype.type_size
+    return TensorInfo(name, qtype.name, shape, n_bytes, offset)
 
 
-def _check_alignment(cur: _Cursor, values: dict[str, _Value], metadata: dict) -> int:
-    value = values.get("general.alignment")
-    if value is None:
+def _check_alignment(cur: _Cursor, values: _Values, metadata: dict) -> int:
+    if "general.alignment" not in metadata:
         return gguf.GGUF_DEFAULT_ALIGNMENT
     alignment = metadata["general.alignment"]
-    if value.type != GGUFValueType.UINT32:
-        raise cur.error(f"general.alignment has type {value.type.name}; it must be UINT32",
-                        value.start)
+    start = values.span("general.alignment")[0]
+    vtype = _U32.unpack_from(cur.buf, start - 4)[0]
+    if vtype != GGUFValueType.UINT32:
+        raise cur.error(f"general.alignment has type {GGUFValueType(vtype).name}; it must be "
+                        f"UINT32", start)
     if alignment == 0 or alignment & (alignment - 1):
-        raise cur.error(f"general.alignment is {alignment}; it must be a power of two",
-                        value.start)
+        raise cur.error(f"general.alignment is {alignment}; it must be a power of two", start)
     return alignment
 
 
 def _read_tensors(cur: _Cursor, n_tensors: int, alignment: int) -> tuple[list[TensorInfo], int]:
     """Tensor infos, checked against the data section -> (tensors, data offset)."""
-    infos, positions = [], {}
+    tensors, positions, seen, known = [], array("q"), set(), {}
     for i in range(n_tensors):
-        name, qtype, shape, offset, at = _read_tensor_info(cur, i)
-        if name in positions:
-            raise cur.error(f"tensor name {_label(name)} appears twice", at)
-        positions[name] = at
-        infos.append((name, qtype, shape, offset))
+        at = cur.pos
+        info = _read_tensor_info(cur, i, known)
+        if info.name in seen:
+            raise cur.error(f"tensor name {_label(info.name)} appears twice", at)
+        seen.add(info.name)
+        positions.append(at)
+        tensors.append(info)
+    del seen
     data_offset = -(-cur.pos // alignment) * alignment
-    tensors = []
-    for name, qtype, shape, offset in infos:
-        at = positions[name]
+    starts, sizes = array("q"), array("q")
+    for i, (name, type_name, shape, n_bytes, offset) in enumerate(tensors):
+        at = positions[i]
         if offset % alignment:
             raise cur.error(f"tensor {_label(name)} has data offset {offset}, not a multiple of "
                             f"the alignment {alignment}", at)
-        block_size, type_size = qtype.block_size, qtype.type_size
-        n_bytes = math.prod(shape) // block_size * type_size
         start = data_offset + offset
         if n_bytes and start + n_bytes > cur.size:
-            raise cur.error(f"tensor {_label(name)} ({qtype.name}, shape {shape}) needs bytes "
+            raise cur.error(f"tensor {_label(name)} ({type_name}, shape {shape}) needs bytes "
                             f"[{start}, {start + n_bytes}), past the end of the "
                             f"{cur.size}-byte file", at)
-        # an empty tensor's other dimensions must be sane too: numpy sizes views by them
-        extent = -(-math.prod(max(d, 1) for d in shape) // block_size) * type_size
-        if not n_bytes and extent > cur.size:
-            raise cur.error(f"tensor {_label(name)} has shape {shape}: empty, but its other "
-                            f"dimensions would need {extent} bytes, more than the "
-                            f"{cur.size}-byte file", at)
-        tensors.append(TensorInfo(name, qtype.name, shape, n_bytes, start))
-    _check_overlaps(cur, tensors, positions)
+        if not n_bytes:  # an empty tensor's other dimensions must be sane too: numpy sizes views by them
+            qtype = storage_type(type_name)
+            extent = -(-math.prod(max(d, 1) for d in shape) // qtype.block_size) * qtype.type_size
+            if extent > cur.size:
+                raise cur.error(f"tensor {_label(name)} has shape {shape}: empty, but its other "
+                                f"dimensions would need {extent} bytes, more than the "
+                                f"{cur.size}-byte file", at)
+        tensors[i] = TensorInfo(name, type_name, shape, n_bytes, start)  # the absolute offset
+        starts.append(start if n_bytes else 0)  # an empty tensor's offset may be anything
+        sizes.append(n_bytes)
+    _check_overlaps(cur, tensors, positions, np.frombuffer(starts, np.int64),
+                    np.frombuffer(sizes, np.int64))
     return tensors, data_offset
 
 
-def _check_overlaps(cur: _Cursor, tensors: list[TensorInfo], positions: dict[str, int]) -> None:
-    by_start = sorted((t for t in tensors if t.n_bytes), key=lambda t: t.offset)
-    for prev, t in zip(by_start, by_start[1:]):
-        if t.offset < prev.offset + prev.n_bytes:
-            raise cur.error(f"data of tensors {_label(prev.name)} [{prev.offset}, "
-                            f"{prev.offset + prev.n_bytes}) and {_label(t.name)} [{t.offset}, "
-                            f"{t.offset + t.n_bytes}) overlap", positions[t.name])
+def _check_overlaps(cur: _Cursor, tensors: list[TensorInfo], positions: array, starts: np.ndarray,
+                    sizes: np.ndarray) -> None:
+    """Raise when the data of two tensors overlap (sorted by start, vectorized).
+
+    ``starts``, ``sizes``: int64 (n_tensors,), each tensor's data offset and bytes.
+    """
+    order = np.flatnonzero(sizes)
+    order = order[np.argsort(starts[order], kind="stable")]
+    clash = np.flatnonzero(starts[order[1:]] < starts[order[:-1]] + sizes[order[:-1]])
+    if clash.size:
+        prev, t = tensors[order[clash[0]]], tensors[order[clash[0] + 1]]
+        raise cur.error(f"data of tensors {_label(prev.name)} [{prev.offset}, "
+                        f"{prev.offset + prev.n_bytes}) and {_label(t.name)} [{t.offset}, "
+                        f"{t.offset + t.n_bytes}) overlap", positions[order[clash[0] + 1]])
+
+
+class _Mapped:
+    """A file mapped read-only, kept open to notice when it changes under the map.
+
+    Reading a page of a map whose file was truncated kills the process with
+    ``SIGBUS``; :meth:`span` first compares the open file's size and
+    modification time (``fstat``) with those seen when it was mapped.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._closer = weakref.finalize(self, os.close, self.fd)
+        st = os.fstat(self.fd)
+        self.stamp = (st.st_size, st.st_mtime_ns)
+        if st.st_size == 0:
+            self.close()
+            raise GGUFError(f"{path}: byte 0: the file is empty", 0)
+        # read-only; unmapped once neither this nor an array from raw() holds it
+        self.data = np.frombuffer(mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ), np.uint8)
+
+    def check(self, at: int) -> None:
+        """Raise GGUFError when the open file's size or modification time changed."""
+        if not self._closer.alive:
+            raise ValueError("this GGUFFile is closed; read() the file again")
+        st = os.fstat(self.fd)
+        if (st.st_size, st.st_mtime_ns) != self.stamp:
+            raise GGUFError(f"{self.path}: byte {at}: the file changed since read() (was "
+                            f"{self.stamp[0]} bytes, now {st.st_size}; modified again): "
+                            f"read() it again", at)
+
+    def close(self) -> None:
+        self._closer()
 
 
 class GGUFFile:
@@ -404,7 +642,12 @@ class GGUFFile:
     version : int
         GGUF version (2 or 3).
     metadata : dict
-        key -> Python value (int, float, bool, str, or a list of them).
+        key -> Python value: int, float, bool, str, or an array as a list of
+        them (nested arrays: lists of lists). An array of more than
+        :data:`LIST_MAX_ITEMS` numbers or bools is a read-only numpy array
+        of its type instead (``tokenizer.ggml.scores`` of a real vocabulary,
+        say): index it, iterate it, or ``.tolist()`` it. Metadata is a copy:
+        it never reads the file again.
     tensors : list of TensorInfo
         In file order.
     alignment : int
@@ -413,11 +656,11 @@ class GGUFFile:
         Byte where the data section starts.
     """
 
-    def __init__(self, data: np.ndarray, path: Path | None, version: int, metadata: dict,
-                 values: dict[str, _Value], tensors: list[TensorInfo], alignment: int,
-                 data_offset: int):
+    def __init__(self, data: np.ndarray, mapped: _Mapped | None, version: int, metadata: dict,
+                 values: _Values, tensors: list[TensorInfo], alignment: int, data_offset: int):
         self._data = data
-        self.path = path
+        self._mapped = mapped
+        self.path = None if mapped is None else mapped.path
         self.version = version
         self.metadata = metadata
         self._values = values
@@ -433,8 +676,10 @@ class GGUFFile:
         self.close()
 
     def close(self) -> None:
-        """Drop the memory map; it is unmapped once no array from :meth:`raw` uses it."""
+        """Close the file and drop the memory map; it is unmapped once no array from :meth:`raw` uses it."""
         self._data = None
+        if self._mapped is not None:
+            self._mapped.close()
 
     def __repr__(self) -> str:
         where = self.path if self.path is not None else "<bytes>"
@@ -461,6 +706,8 @@ class GGUFFile:
         """Bytes [start, end) of the file, uint8, read-only, without copying."""
         if self._data is None:
             raise ValueError("this GGUFFile is closed; read() the file again")
+        if self._mapped is not None:
+            self._mapped.check(start)
         return self._data[start:end]
 
     def _rows(self, info: TensorInfo) -> np.ndarray:
@@ -470,6 +717,14 @@ class GGUFFile:
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         """The stored bytes of tensor ``name``, read-only, without copying.
+
+        A view of the memory map: copy it to keep it past a change of the
+        file (see the module's notes).
+
+        Raises
+        ------
+        GGUFError
+            When the file changed since :func:`read`.
 
         Returns
         -------
@@ -489,12 +744,22 @@ class GGUFFile:
         ------
         KeyError
             For a key the file does not have.
+        GGUFError
+            When the file changed since :func:`read`.
         """
-        value = self._values[key]
-        return value.type, bytes(self._span(value.start, value.end))
+        start, end = self._values.span(key)
+        raw = bytes(self._span(start - 4, end))
+        return GGUFValueType(_U32.unpack_from(raw)[0]), raw[4:]
 
     def raw(self, name: str) -> np.ndarray:
         """The stored data of tensor ``name``, read-only, without copying.
+
+        A view of the memory map, like :meth:`tensor_bytes`.
+
+        Raises
+        ------
+        GGUFError
+            When the file changed since :func:`read`.
 
         Returns
         -------
@@ -514,6 +779,11 @@ class GGUFFile:
         """Tensor ``name`` decoded to float32, in its shape (a new array).
 
         Block types decode with gguf-py's ``gguf.quants.dequantize``.
+
+        Raises
+        ------
+        GGUFError
+            When the file changed since :func:`read` (checked before reading).
         """
         info = self.tensor(name)
         if info.type_name in PLAIN_DTYPES and info.type_name != "BF16":
@@ -567,16 +837,14 @@ def _dequantize(type_name: str, rows: np.ndarray, tensor: str) -> np.ndarray:
     return registered.function("dequantize", "numba")(rows)
 
 
-def _open(source) -> tuple[np.ndarray, Path | None]:
+def _open(source) -> tuple[np.ndarray, _Mapped | None]:
     """Map a path read-only, or view a bytes-like object, as uint8."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = np.frombuffer(source, dtype=np.uint8)
         data.flags.writeable = False
         return data, None
-    path = Path(source)
-    if path.stat().st_size == 0:
-        raise GGUFError(f"{path}: byte 0: the file is empty", 0)
-    return np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray), path
+    mapped = _Mapped(Path(source))
+    return mapped.data, mapped
 
 
 def read(source: str | os.PathLike | bytes | bytearray | memoryview) -> GGUFFile:
@@ -585,7 +853,8 @@ def read(source: str | os.PathLike | bytes | bytearray | memoryview) -> GGUFFile
     Parameters
     ----------
     source : path or bytes-like
-        A file (memory-mapped read-only) or its bytes.
+        A file (memory-mapped read-only, and kept open until
+        :meth:`GGUFFile.close`) or its bytes.
 
     Returns
     -------
@@ -595,6 +864,12 @@ def read(source: str | os.PathLike | bytes | bytearray | memoryview) -> GGUFFile
     ------
     GGUFError
         For anything that breaks the format, naming the byte offset.
+
+    Notes
+    -----
+    Parsing takes time and memory in proportion to the header's bytes (see
+    the module's notes); large numeric metadata arrays are numpy arrays
+    (:attr:`GGUFFile.metadata`).
 
     Examples
     --------
@@ -607,10 +882,15 @@ def read(source: str | os.PathLike | bytes | bytearray | memoryview) -> GGUFFile
     ...     f.metadata["general.architecture"], f.tensors[0], f.decode("output_norm.weight")[:2]
     ('llama', TensorInfo(name='output_norm.weight', type_name='F32', shape=(8,), n_bytes=32, offset=128), array([1., 1.], dtype=float32))
     """
-    data, path = _open(source)
-    cur = _Cursor(memoryview(data), str(path) if path is not None else "<bytes>")
-    version, n_tensors, n_kv = _read_header(cur)
-    metadata, values = _read_metadata(cur, n_kv)
-    alignment = _check_alignment(cur, values, metadata)
-    tensors, data_offset = _read_tensors(cur, n_tensors, alignment)
-    return GGUFFile(data, path, version, metadata, values, tensors, alignment, data_offset)
+    data, mapped = _open(source)
+    try:
+        cur = _Cursor(memoryview(data), str(mapped.path) if mapped is not None else "<bytes>")
+        version, n_tensors, n_kv = _read_header(cur)
+        metadata, values = _read_metadata(cur, n_kv)
+        alignment = _check_alignment(cur, values, metadata)
+        tensors, data_offset = _read_tensors(cur, n_tensors, alignment)
+    except BaseException:
+        if mapped is not None:
+            mapped.close()
+        raise
+    return GGUFFile(data, mapped, version, metadata, values, tensors, alignment, data_offset)

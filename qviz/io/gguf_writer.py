@@ -11,10 +11,14 @@ records (:func:`file_type`).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
-import uuid
+import re
+import signal
+import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -138,6 +142,10 @@ def check_types(types) -> dict[str, str]:
                         f"patterns to type names, got {type(types).__name__}")
     names, out = type_names(), {}
     for pattern, name in types.items():
+        if not isinstance(pattern, str):
+            raise TypeError(f"types: the key {pattern!r} ({type(pattern).__name__}) is not a "
+                            f"pattern; keys are fnmatch patterns of tensor names such as "
+                            f"'*ffn_down*' or 'blk.0.attn_q.weight', values type names")
         try:
             out[pattern] = registry.resolve_name(name, names, "type")
         except (TypeError, ValueError) as e:
@@ -164,11 +172,17 @@ def requested_type(info: TensorInfo, types: Mapping[str, str]) -> str | None:
     >>> requested_type(info, {"*ffn*": "Q8_0", "*": "Q4_K"}), requested_type(info, {"*ffn*": "Q8_0"})
     ('Q4_K', None)
     """
+    pattern = _deciding_pattern(info, types)
+    return None if pattern is None else types[pattern]
+
+
+def _deciding_pattern(info: TensorInfo, types: Mapping[str, str]) -> str | None:
+    """The pattern that decides tensor ``info``'s type (see :func:`requested_type`), or None."""
     if len(info.shape) < 2 or not info.n_elements or not info.name.endswith("weight"):
         return None
     if any(fnmatch.fnmatchcase(info.name, p) for p in NEVER_QUANTIZED):
         return None
-    return next((t for p, t in types.items() if fnmatch.fnmatchcase(info.name, p)), None)
+    return next((p for p in types if fnmatch.fnmatchcase(info.name, p)), None)
 
 
 def _real_type(tensor: str, name: str, n_cols: int, fallback: bool) -> str:
@@ -191,8 +205,15 @@ def _check_imatrix(src: GGUFFile, imatrix) -> dict[str, np.ndarray]:
     """``imatrix`` as name -> float32 (n_cols,), each name a tensor of ``src``."""
     if imatrix is None:
         return {}
+    if not isinstance(imatrix, Mapping):
+        what = type(imatrix).__name__ + (f" of shape {imatrix.shape}" if hasattr(imatrix, "shape") else "")
+        raise TypeError(f"imatrix must map tensor names to importance vectors, "
+                        f"{{'blk.0.attn_q.weight': ndarray of shape (n_cols,), ...}}, one per tensor "
+                        f"(qviz.io.calib.imatrix makes a vector from activations); got {what}")
     out = {}
     for name, v in imatrix.items():
+        if not isinstance(name, str):
+            raise TypeError(f"imatrix keys are tensor names (str), got {name!r}")
         try:
             n_cols = src.tensor(name).shape[-1]
         except KeyError:
@@ -206,15 +227,34 @@ def _check_imatrix(src: GGUFFile, imatrix) -> dict[str, np.ndarray]:
     return out
 
 
-def _plan(src: GGUFFile, types: dict[str, str], fallback: bool) -> list[_Step]:
-    steps = []
+class Requantized(dict):
+    """What :func:`requantize` wrote: tensor name -> the type it has in the new file.
+
+    A plain ``dict`` for every existing use, with one more attribute.
+
+    Attributes
+    ----------
+    unmatched : tuple of str
+        The ``types`` patterns that decided no tensor's type (they match no
+        weight matrix, or an earlier pattern always wins), in the order
+        given; empty when every pattern was used.
+    """
+
+    unmatched: tuple[str, ...] = ()
+
+
+def _plan(src: GGUFFile, types: dict[str, str], fallback: bool) -> tuple[list[_Step], tuple[str, ...]]:
+    """Each tensor's step, and the patterns that decide none."""
+    steps, used = [], set()
     for info in src.tensors:
-        asked = requested_type(info, types)
-        if asked is None:
+        pattern = _deciding_pattern(info, types)
+        if pattern is None:
             steps.append(_Step(info, info.type_name, False))
         else:
-            steps.append(_Step(info, _real_type(info.name, asked, info.shape[-1], fallback), True))
-    return steps
+            used.add(pattern)
+            steps.append(_Step(info, _real_type(info.name, types[pattern], info.shape[-1],
+                                                fallback), True))
+    return steps, tuple(p for p in types if p not in used)
 
 
 def _mostly(plan: list[_Step]) -> str | None:
@@ -233,7 +273,10 @@ def _encode(src: GGUFFile, info: TensorInfo, type_name: str, imatrix) -> np.ndar
     w = src.decode(info.name).reshape(-1, info.shape[-1])  # (n_rows, n_cols)
     if type_name in FLOAT_TYPES:
         return w.astype(FLOAT_TYPES[type_name]).view(np.uint8)
-    return qviz.quantize(w, type_name, imatrix=imatrix).packed
+    try:
+        return qviz.quantize(w, type_name, imatrix=imatrix).packed
+    except (ValueError, TypeError) as e:  # NaN at (row, col), a scale beyond fp16: name the tensor
+        raise type(e)(f"tensor {info.name!r}: {e}") from e
 
 
 def _write_metadata(src: GGUFFile, plan: list[_Step], kv: dict, path: Path) -> None:
@@ -287,8 +330,96 @@ def _write(src: GGUFFile, plan: list[_Step], path: Path, imatrix: dict, progress
         writer.close()
 
 
+def _part(dst: Path) -> Path:
+    """The one temporary name of ``dst`` (same folder, so the final rename is atomic)."""
+    return dst.parent / f".{dst.name}.part"
+
+
+def _remove_stale_parts(dst: Path) -> None:
+    """Delete ``.<name>.<12 hex>.part`` files that earlier qviz versions left for ``dst``."""
+    stale = re.compile(rf"\.{re.escape(dst.name)}\.[0-9a-f]{{12}}\.part")
+    with contextlib.suppress(OSError):
+        for p in dst.parent.iterdir():
+            if stale.fullmatch(p.name):
+                p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(part: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``part`` (creating it), so two writers of one target never share it.
+
+    A process that dies releases its lock, so a stale part is simply reused.
+    """
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no lock
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"another requantize is writing {part.parent / part.name[1:-5]} "
+                                   f"(it holds {part}); wait for it, or choose another "
+                                   f"destination") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while requantize was writing."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Terminated` inside the block, then deliver it as before.
+
+    So a terminated requantize removes its temporary file. The previous
+    handler is restored on the way out, and a SIGTERM that arrived is then
+    raised again for it (the default handler ends the process, as it would
+    have). Only in the main thread (where Python runs signal handlers), and
+    not when SIGTERM is ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN or previous is None:
+        yield
+        return
+    received = []
+
+    def handler(signum, frame):
+        if not received:  # once: a second SIGTERM must not interrupt the cleanup
+            received.append(signum)
+            raise _Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if received:
+        signal.raise_signal(signal.SIGTERM)
+        raise InterruptedError("requantize was interrupted by SIGTERM; its temporary file is removed")
+
+
+def _warn_unused_imatrix(plan: list[_Step], weights: dict) -> None:
+    unused = [step.info.name for step in plan if step.info.name in weights
+              and (not step.quantize or step.type_name in FLOAT_TYPES)]
+    if unused:
+        warnings.warn(f"requantize: imatrix entries for {len(unused)} tensor(s) that are not "
+                      f"quantized (copied, or stored as a float type) are unused: "
+                      f"{', '.join(map(repr, unused[:8]))}{' …' if len(unused) > 8 else ''}",
+                      UserWarning, stacklevel=3)
+
+
 def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=None,
-               fallback: bool = True, progress: bool = False) -> dict[str, str]:
+               fallback: bool = True, progress: bool = False) -> Requantized:
     """Write a copy of a GGUF file with its weight matrices re-quantized by qviz.
 
     Every tensor of two or more dimensions whose name ends in ``weight`` is
@@ -302,16 +433,25 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=No
     ----------
     src, dst : path
         Source and destination; they must differ. ``dst`` appears only when
-        complete (written to a temporary file in its folder, then renamed).
+        complete: it is written to ``.<dst name>.part`` in its folder (one
+        fixed name, reused by the next run after a crash), then renamed.
+        An error, ``KeyboardInterrupt`` or SIGTERM removes that file (SIGTERM
+        is then delivered to the handler it had before, which by default
+        ends the process); only SIGKILL or a power cut leaves it, and the
+        next run overwrites it. Two requantize runs cannot write one
+        ``dst`` at once (the second raises ``RuntimeError``).
     types : str or mapping of str to str
         One type for all weight matrices (``"Q4_K"``), or fnmatch patterns of
         tensor names mapped to types (``{"*ffn_down*": "Q6_K", "*": "Q4_K"}``);
         the first matching pattern wins, unmatched tensors are copied. Types
         are the registered quant types (:func:`qviz.registry.types`; a unique
         case-insensitive spelling such as ``"q4_k"`` works too) or
-        ``"F16"``/``"F32"``.
+        ``"F16"``/``"F32"``. A pattern that decides no tensor's type gives a
+        ``UserWarning`` and is listed in the result's ``unmatched``.
     imatrix : mapping of str to ndarray, shape (n_cols,), float32, optional
-        Importance vectors (llama.cpp imatrix) of tensors by name.
+        Importance vectors (llama.cpp imatrix) of tensors by name
+        (:func:`qviz.io.calib.imatrix` makes one). An entry for a tensor that
+        is not quantized (copied, or stored as F16/F32) gives a ``UserWarning``.
     fallback : bool
         For rows that are not a multiple of a type's block, use the type
         llama-quantize falls back to (F16 when that does not fit either);
@@ -322,8 +462,19 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=No
 
     Returns
     -------
-    dict of str to str
-        Each tensor's name -> the type it really has in ``dst``.
+    Requantized
+        A dict: each tensor's name -> the type it really has in ``dst``; its
+        ``unmatched`` attribute lists the patterns that decided no tensor.
+
+    Raises
+    ------
+    ValueError
+        For an unknown type, a bad imatrix entry, or a tensor qviz cannot
+        quantize (NaN/Inf weights, a block scale beyond fp16's range); the
+        message names the tensor, and no file is left.
+    TypeError
+        For ``types`` or ``imatrix`` of the wrong kind (a pattern that is not
+        a string, an imatrix that is not a mapping), saying what they must be.
 
     Examples
     --------
@@ -335,8 +486,9 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=No
     >>> w.add_tensor("blk.0.attn_q.weight", np.ones((4, 64), dtype=np.float32))
     >>> w.add_tensor("blk.0.ffn_down.weight", np.ones((4, 64), dtype=np.float32))
     >>> w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    >>> requantize(src, dst, {"*ffn_down*": "Q8_0", "*": "Q4_K"})
-    {'blk.0.attn_norm.weight': 'F32', 'blk.0.attn_q.weight': 'Q5_0', 'blk.0.ffn_down.weight': 'Q8_0'}
+    >>> done = requantize(src, dst, {"*ffn_down*": "Q8_0", "*": "Q4_K"})
+    >>> done, done.unmatched
+    ({'blk.0.attn_norm.weight': 'F32', 'blk.0.attn_q.weight': 'Q5_0', 'blk.0.ffn_down.weight': 'Q8_0'}, ())
     """
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(src, dst)):
@@ -344,14 +496,23 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=No
                          f"new file: choose another destination")
     types = check_types(types)
     with read(src) as f:
-        plan = _plan(f, types, fallback)
+        plan, unmatched = _plan(f, types, fallback)
         weights = _check_imatrix(f, imatrix)
-        # a fresh name beside dst (same file system, so the rename is atomic)
-        tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:12]}.part"
-        try:
-            _write(f, plan, tmp, weights, progress)
-            os.replace(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    return {step.info.name: step.type_name for step in plan}
+        if unmatched:
+            warnings.warn(f"requantize: the pattern(s) {', '.join(map(repr, unmatched))} decide "
+                          f"no tensor of {src.name} (they match no weight matrix, or an earlier "
+                          f"pattern wins); what they were meant for is copied unchanged",
+                          UserWarning, stacklevel=2)
+        _warn_unused_imatrix(plan, weights)
+        _remove_stale_parts(dst)
+        tmp = _part(dst)
+        with _locked(tmp), _sigterm_raises():
+            try:
+                _write(f, plan, tmp, weights, progress)
+                os.replace(tmp, dst)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+    done = Requantized((step.info.name, step.type_name) for step in plan)
+    done.unmatched = unmatched
+    return done
