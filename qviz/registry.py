@@ -216,7 +216,8 @@ class Option:
                             f"{'' if not self.help else f' ({self.help})'}")
         if self.choices is not None:
             if value not in self.choices:
-                raise ValueError(f"{method}: {self.name}={short_repr(value)}; choose one of "
+                plural = f"{self.name} values" if self.name[-1] in "sx" else f"{self.name}s"
+                raise ValueError(f"{method}: {self.name}={short_repr(value)}; valid {plural}: "
                                  f"{', '.join(map(repr, self.choices))}")
             return value
         if wrong or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
