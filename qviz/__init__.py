@@ -19,29 +19,28 @@ import importlib
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute); attribute None means the module itself
+#: module -> the public names it gives the top level, under the same names
+_FUNCTIONS = {
+    "qviz.api": ("quantize", "dequantize", "method_names"),
+    "qviz.registry": ("methods", "types", "register_type", "register_method"),
+    "qviz.result": ("QuantResult",),
+    "qviz.io.calib": ("imatrix",),
+    "qviz.models.qlinear": ("to_quantized_modules",),
+    "qviz.models.quantize_model": ("quantize_model",),
+    "qviz.widgets.explore": ("explore",),
+    "qviz.widgets.compare": ("compare",),
+    "qviz.widgets.scan": ("scan",),
+    "qviz.widgets.gguf_file": ("explore_gguf",),
+    "qviz.plan": ("suggest_types",),
+    "qviz.html_report": ("report",),
+}
+#: public name -> (module, attribute); attribute None means the module itself
 _EXPORTS = {
-    "quantize": ("qviz.api", "quantize"),
-    "dequantize": ("qviz.api", "dequantize"),
-    "method_names": ("qviz.api", "method_names"),
-    "methods": ("qviz.registry", "methods"),
-    "types": ("qviz.registry", "types"),
-    "register_type": ("qviz.registry", "register_type"),
-    "register_method": ("qviz.registry", "register_method"),
-    "registry": ("qviz.registry", None),
-    "to_quantized_modules": ("qviz.models.qlinear", "to_quantized_modules"),
-    "QuantResult": ("qviz.result", "QuantResult"),
+    **{name: (module, name) for module, names in _FUNCTIONS.items() for name in names},
     "FORMATS": ("qviz.registry", "TYPES"),
-    "imatrix": ("qviz.io.calib", "imatrix"),
+    "registry": ("qviz.registry", None),
     "gguf": ("qviz.io.gguf", None),
     "metrics": ("qviz.metrics", None),
-    "explore": ("qviz.widgets.explore", "explore"),
-    "compare": ("qviz.widgets.compare", "compare"),
-    "scan": ("qviz.widgets.scan", "scan"),
-    "explore_gguf": ("qviz.widgets.gguf_file", "explore_gguf"),
-    "suggest_types": ("qviz.plan", "suggest_types"),
-    "report": ("qviz.html_report", "report"),
-    "quantize_model": ("qviz.models.quantize_model", "quantize_model"),
     "demo": ("qviz.io.demo", None),
 }
 
