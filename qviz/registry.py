@@ -40,21 +40,13 @@ import pkgutil
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 __all__ = ["Field", "Option", "QuantType", "Method", "register_type", "register_method",
            "unregister", "quant_type", "method", "types", "methods", "resolve_name", "TYPES", "METHODS"]
 
 
 # --------------------------------------------------------------------------- records
-
-@dataclass(frozen=True)
-class Field:
-    """One field of a block: ggml's name and its size in bytes."""
-
-    name: str
-    nbytes: int
-
 
 @dataclass(frozen=True)
 class QuantType:
@@ -155,6 +147,13 @@ class QuantType:
             have = ", ".join(["numpy", *self.twins])
             raise ValueError(f"{self.name} has no {backend} implementation; it has: {have}")
         return getattr(importlib.import_module(mod), f"{verb}_{self.name.lower()}")
+
+
+class Field(NamedTuple):
+    """One field of a block: ggml's name and its size in bytes."""
+
+    name: str
+    nbytes: int
 
 
 #: the kinds an option's value can be; "array" is any array-like, "any" is unchecked

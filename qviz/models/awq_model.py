@@ -29,24 +29,14 @@ __all__ = ["quantize_blocks"]
 
 def quantize_blocks(model, method: Method, batches, targets: dict, options: dict, *,
                     progress: bool = True) -> dict[str, QuantResult]:
-    """Quantize the ``targets`` of ``model`` (in place) with AWQ, block by block.
+    """AWQ block by block, a :class:`~qviz.models.runner.Driver` (parameters there).
 
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The caller's copy: scales are folded into its norms and Linears, and
-        every target's weight becomes the weight the model computes with.
-    method : Method
-        The ``"awq"`` record (its ``calib`` option receives the inputs of
-        Linears outside the blocks).
-    batches : list of dict
-        Calibration batches (:func:`qviz.io.calib.resolve_data`).
-    targets : dict of str to torch.nn.Linear
-        The Linears to quantize, by module name.
-    options : dict
-        AWQ's ``bits``, ``group_size``, ``sym``, ``duo_scaling``, ``clip``
-        (``calib`` and ``device`` are not taken: AWQ runs where the model is).
-    progress : bool
+    Scales are folded into the model's norms and Linears where the
+    architecture map allows (:mod:`qviz.models.architectures`). ``method`` is
+    the ``"awq"`` record: its ``calib`` option receives the inputs of Linears
+    outside the blocks. ``options`` are AWQ's ``bits``, ``group_size``,
+    ``sym``, ``duo_scaling``, ``clip`` (``calib`` and ``device`` are not
+    taken: AWQ runs where the model is).
 
     Returns
     -------

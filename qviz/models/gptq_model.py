@@ -23,27 +23,12 @@ __all__ = ["quantize_blocks"]
 
 def quantize_blocks(model, method: Method, batches, targets: dict, options: dict, *,
                     progress: bool = True) -> dict[str, QuantResult]:
-    """Quantize the ``targets`` of ``model`` (in place) with GPTQ, block by block.
+    """GPTQ block by block, a :class:`~qviz.models.runner.Driver` (parameters and return value there).
 
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The caller's copy; every target's weight becomes its ``dequantize()``.
-    method : Method
-        The ``"gptq"`` record (its ``hessian`` option receives each layer's).
-    batches : list of dict
-        Calibration batches (:func:`qviz.io.calib.resolve_data`).
-    targets : dict of str to torch.nn.Linear
-        The Linears to quantize, by module name.
-    options : dict
-        GPTQ's options (``bits``, ``group_size``, ``act_order`` …, not
-        ``calib`` or ``hessian``) and ``true_sequential`` (default True).
-    progress : bool
-
-    Returns
-    -------
-    dict of str to QuantResult
-        Module name -> result, in the order the layers were quantized.
+    ``method`` is the ``"gptq"`` record: its ``hessian`` option receives each
+    layer's Hessian. ``options`` are GPTQ's own (``bits``, ``group_size``,
+    ``act_order`` …, not ``calib`` or ``hessian``) and ``true_sequential``
+    (default True).
     """
     opts, extra = driver_options(method, options, supplied=(method.role("calibration"), "hessian"),
                                  true_sequential=True)

@@ -16,6 +16,7 @@ torch loads when a function runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from qviz.io import calib as calibration
 from qviz.registry import Method
 from qviz.result import QuantResult
 
-__all__ = ["Block", "OUTSIDE_SAMPLES", "catch_block_inputs", "check_weights", "driver_options", "find_blocks",
+__all__ = ["Block", "Driver", "OUTSIDE_SAMPLES", "catch_block_inputs", "check_weights", "driver_options", "find_blocks",
            "first_tensor", "input_of", "quantize_layer", "run_blocks", "set_weight", "stages",
            "untie_config", "with_input"]
 
@@ -360,6 +361,41 @@ def run_blocks(model, batches, targets: dict, quantize_block: Callable, quantize
                                 max_samples=OUTSIDE_SAMPLES)
     for name, mod in rest.items():
         quantize_outside(name, mod, stats[name])
+
+
+class Driver(Protocol):
+    """What a method record's ``driver`` names: a function quantizing a model block by block.
+
+    ``quantize_model`` calls it as ``quantize_blocks(model, method, batches,
+    targets, options, progress=progress)`` for a method whose record has a
+    ``driver`` (GPTQ: :func:`qviz.models.gptq_model.quantize_blocks`, AWQ:
+    :func:`qviz.models.awq_model.quantize_blocks`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The caller's copy, changed in place: every target's weight becomes the
+        weight the model computes with.
+    method : Method
+        The method's record (its options schema, roles).
+    batches : list of dict
+        Calibration batches (:func:`qviz.io.calib.resolve_data`).
+    targets : dict of str to torch.nn.Linear
+        The Linears to quantize, by module name.
+    options : dict
+        The method's options as the caller gave them, and the driver's own
+        extras (split with :func:`driver_options`).
+    progress : bool
+        ``tqdm.auto`` bars.
+
+    Returns
+    -------
+    dict of str to QuantResult
+        Module name -> result, in the order the layers were quantized.
+    """
+
+    def __call__(self, model, method: Method, batches, targets: dict, options: dict, *,
+                 progress: bool = True) -> dict[str, QuantResult]: ...
 
 
 def driver_options(method: Method, options: Mapping, *, supplied=(), **extra) -> tuple[dict, dict]:
