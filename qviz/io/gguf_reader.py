@@ -26,7 +26,7 @@ holding a type qviz registered reads, decodes and wraps as a result too.
 The writer, :func:`qviz.io.gguf_writer.requantize`, lives in its own module.
 
 Costs. A header of N bytes is parsed in O(N) time with a small constant
-(about 0.3 s for the 8 MiB header of a million empty strings, the densest
+(about 0.15 s for the 8 MiB header of a million empty strings, the densest
 case; ``benchmarks/bench_gguf_reader.py``) and O(N) memory: arrays of more
 than :data:`LIST_MAX_ITEMS` numbers become read-only numpy arrays (a copy of
 their bytes, never a Python list of them), so the parsed metadata and tensor
