@@ -65,6 +65,12 @@ def _qx_weight(qw, x, i, rmse_type):
     return np.sqrt(abs(x[i]))
 
 
+def _add_lx_l2(sumlx, suml2, w, xi, l):
+    """ggml's ``sumlx += w*x[i]*l; suml2 += w*l*l;`` in float32: the two sums, updated."""
+    fl = np.float32(l)
+    return sumlx + w * xi * fl, suml2 + w * fl * fl
+
+
 def make_qx_quants(n, nmax, x, L, rmse_type, qw=None):
     """Symmetric codes in ``[0, 2*nmax)`` and the scale that fits them best.
 
@@ -121,9 +127,7 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw=None):
         l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
         L[i] = l + nmax
         w = _qx_weight(qw, x, i, rmse_type)
-        fl = np.float32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
+        sumlx, suml2 = _add_lx_l2(sumlx, suml2, w, x[i], l)
     scale = sumlx / suml2 if suml2 != 0 else np.float32(0.0)
     if return_early:
         if suml2 > 0:
@@ -198,9 +202,7 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
         l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
         L[i] = l
         w = x[i] * x[i]
-        fl = np.float32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
+        sumlx, suml2 = _add_lx_l2(sumlx, suml2, w, x[i], l)
     for _ in range(5):
         n_changed = 0
         for i in range(n):
@@ -211,9 +213,7 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
                 sl2 = suml2 - w * fl * fl
                 new_l = max(-nmax, min(nmax - 1, nearest_int(x[i] * sl2 / slx)))
                 if new_l != int(L[i]):
-                    fnew = np.float32(new_l)
-                    slx += w * x[i] * fnew
-                    sl2 += w * fnew * fnew
+                    slx, sl2 = _add_lx_l2(slx, sl2, w, x[i], new_l)
                     if sl2 > 0 and slx * slx * suml2 > sumlx * sumlx * sl2:
                         L[i] = new_l
                         sumlx = slx
@@ -447,9 +447,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         l = min(nmax, nearest_int(iscale * x[i]))
         L[i] = l & 0xFF
         w = quant_weights[i]
-        fl = np.float32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
+        sumlx, suml2 = _add_lx_l2(sumlx, suml2, w, x[i], l)
     for _ in range(5):
         n_changed = 0
         for i in range(n):
@@ -460,9 +458,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
             if slx > 0 and sl2 > 0:
                 new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
                 if new_l != int(L[i]):
-                    fnew = np.float32(new_l)
-                    slx += w * x[i] * fnew
-                    sl2 += w * fnew * fnew
+                    slx, sl2 = _add_lx_l2(slx, sl2, w, x[i], new_l)
                     if slx * slx * suml2 > sumlx * sumlx * sl2:
                         L[i] = new_l & 0xFF
                         sumlx = slx

@@ -126,9 +126,8 @@ def block_weights_lanes(xt, wt, sigma_scale, sigma2):
 @njit(**JIT_OPTIONS)
 def _iq4nl_sums(xt, wt, inv, sumqx, sumq2):
     """One trial scale per lane: ``sumqx = sum(w*q*x)``, ``sumq2 = sum(w*q*q)``, q the level of ``inv*x``."""
-    for l in range(LANES):
-        sumqx[l] = F32(0.0)
-        sumq2[l] = F32(0.0)
+    sumqx[:] = F32(0.0)
+    sumq2[:] = F32(0.0)
     for j in range(xt.shape[0]):
         for l in range(LANES):
             x = xt[j, l]
@@ -200,9 +199,8 @@ def _qx_sums(nmax, xt, wt, iscale, sumlx, suml2):
     """One trial per lane: ``l = clamp(round(iscale*x))``, ``sumlx = sum(w*x*l)``, ``suml2 = sum(w*l*l)``."""
     lo = F32(-nmax)
     hi = F32(nmax - 1)
-    for l in range(LANES):
-        sumlx[l] = F32(0.0)
-        suml2[l] = F32(0.0)
+    sumlx[:] = F32(0.0)
+    suml2[:] = F32(0.0)
     for i in range(xt.shape[0]):
         for l in range(LANES):
             x = xt[i, l]

@@ -30,7 +30,7 @@ from qviz.formats.rounding import FP16_TABLE
 JIT_OPTIONS = {"cache": True, "error_model": "numpy"}
 
 _ROUNDING = ("nearest_int", "round_away", "fp16_value", "fp16_round")
-_SEARCH = ("max_by_abs", "_qx_weight", "_min_weight", "make_qx_quants", "make_q3_quants",
+_SEARCH = ("max_by_abs", "_add_lx_l2", "_qx_weight", "_min_weight", "make_qx_quants", "make_q3_quants",
            "make_qkx2_quants", "make_qkx3_quants", "make_qp_quants",
            "best_index_int8", "make_iq4nl_quants")
 
