@@ -2,8 +2,9 @@
 
 Every public function validates through :func:`as_weight`, so the rules live in
 one place: tensors, arrays and ``nn.Linear`` modules are accepted; fp16/bf16 are
-converted once; integers, NaN/Inf, wrong ranks and empty arrays are refused
-with a message that says how to fix them. The caller's data is never modified:
+converted once; integers, NaN/Inf, float64 values beyond float32's range, tensors
+on torch's meta device, wrong ranks and empty arrays are refused with a message
+that says how to fix them. The caller's data is never modified:
 the result is either a fresh copy or read only by qviz.
 """
 from __future__ import annotations
@@ -11,16 +12,79 @@ from __future__ import annotations
 import numpy as np
 
 
-def _to_numpy(obj) -> np.ndarray:
-    """numpy view/copy of an array-like, a torch tensor or a module with ``.weight``."""
+def to_numpy(obj, *, name: str = "weight") -> np.ndarray:
+    """numpy view/copy of an array-like, a torch tensor or a module with ``.weight``.
+
+    Raises
+    ------
+    ValueError
+        For a tensor on torch's meta device (it has a shape but no data), or
+        nested lists of unequal lengths, naming ``name``.
+    """
     if hasattr(obj, "weight") and not isinstance(obj, np.ndarray) and not hasattr(obj, "detach"):
         obj = obj.weight  # nn.Linear and friends: (out, in)
     if hasattr(obj, "detach"):  # a torch tensor; torch is never imported here
+        if getattr(obj, "is_meta", False):
+            raise ValueError(f"{name} is a tensor on the meta device (shape {tuple(obj.shape)}): it has "
+                             f"no data; load the weights first (e.g. from_pretrained without "
+                             f"device_map='meta', or load_state_dict(..., assign=True) after to_empty())")
         t = obj.detach()
         if t.dtype.is_floating_point and t.dtype.itemsize < 4:
             t = t.float()  # bf16 has no numpy twin; fp16 converts exactly
         return t.cpu().numpy()
-    return np.asarray(obj)
+    try:
+        return np.asarray(obj)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{name} is not a rectangular array of numbers ({e}); pass an ndarray "
+                         f"or equal-length lists") from e
+
+
+def as_float32(a: np.ndarray, name: str) -> np.ndarray:
+    """``a`` (real numbers) as C-contiguous float32, refusing what float32 cannot hold.
+
+    Parameters
+    ----------
+    a : ndarray, any shape, float or integer
+    name : str
+        How error messages call it.
+
+    Returns
+    -------
+    ndarray, shape of ``a``, float32
+        ``a`` itself when it already is C-contiguous float32.
+
+    Raises
+    ------
+    ValueError
+        For NaN/Inf, and for finite values beyond float32's range (float64
+        input above 3.4e38 would become inf); each message gives the count,
+        the first position and the fix.
+
+    Examples
+    --------
+    >>> as_float32(np.array([1.0, 2.0]), "x").dtype
+    dtype('float32')
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(a, dtype=np.float32)
+        if np.isfinite(out.sum(dtype=np.float64)):  # float64 cannot overflow here: all finite, no mask
+            return out
+    if a.dtype != np.float32:
+        overflow = ~np.isfinite(out) & np.isfinite(a)  # finite before the cast: beyond float32
+        if overflow.any():
+            first = tuple(int(i) for i in np.argwhere(overflow)[0])
+            raise ValueError(
+                f"{name} has {int(overflow.sum())} values beyond float32's range "
+                f"(|x| > {float(np.finfo(np.float32).max):.7g}), qviz's working precision; the first "
+                f"is {float(a[first]):g} at {_where(first)}. Rescale it first (e.g. divide by a power "
+                f"of two and multiply the decoded values back)")
+    check_finite(out, name)
+    return out
+
+
+def _where(index: tuple[int, ...]) -> str:
+    """``(row, col) = (i, j)`` for a 2-D position, ``index i`` otherwise."""
+    return f"(row, col) = {index}" if len(index) == 2 else f"index {index if len(index) != 1 else index[0]}"
 
 
 def as_weight(obj, *, name: str = "weight") -> np.ndarray:
@@ -46,10 +110,11 @@ def as_weight(obj, *, name: str = "weight") -> np.ndarray:
     TypeError
         For integer, boolean or complex data.
     ValueError
-        For anything but 2-D, an empty array, or NaN/Inf values (the message
-        gives how many and the first (row, col)).
+        For anything but 2-D, an empty array, NaN/Inf values or values beyond
+        float32's range (the message gives how many and the first (row, col)),
+        or a tensor on torch's meta device.
     """
-    a = _to_numpy(obj)
+    a = to_numpy(obj, name=name)
     if a.dtype.kind in "iub":
         raise TypeError(
             f"{name} has integer dtype {a.dtype}; qviz quantizes floating-point weights. "
@@ -62,18 +127,16 @@ def as_weight(obj, *, name: str = "weight") -> np.ndarray:
                          f"reshape it, e.g. w.reshape(w.shape[0], -1).")
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape}).")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    check_finite(a, name)
-    return a
+    return as_float32(a, name)
 
 
 def check_finite(a: np.ndarray, name: str) -> None:
-    """Raise ValueError naming the count and first (row, col) of NaN/Inf in ``a``."""
+    """Raise ValueError naming the count and first position ((row, col) when 2-D) of NaN/Inf in ``a``."""
     bad = ~np.isfinite(a)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"{name} has {int(bad.sum())} NaN/Inf values; the first is at "
-                         f"(row, col) = {first}. Clean or mask them before quantizing.")
+                         f"{_where(first)}. Clean or mask them before quantizing.")
 
 
 def check_group_size(group_size, n_cols: int) -> int:
@@ -101,7 +164,7 @@ def as_activations(obj, n_cols: int, *, name: str = "calib") -> np.ndarray:
 
     Higher-rank inputs (batch, seq, in) are flattened to (batch·seq, in).
     """
-    a = _to_numpy(obj)
+    a = to_numpy(obj, name=name)
     if a.dtype.kind not in "f":
         raise TypeError(f"{name} has dtype {a.dtype}; pass floating-point activations.")
     if a.ndim < 2:
@@ -112,9 +175,7 @@ def as_activations(obj, n_cols: int, *, name: str = "calib") -> np.ndarray:
                          f"input columns; pass the inputs of this layer (n_samples × {n_cols}).")
     if a.shape[0] == 0:
         raise ValueError(f"{name} has no samples.")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    check_finite(a, name)
-    return a
+    return as_float32(a, name)
 
 
 def torch_device(device):

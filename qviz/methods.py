@@ -48,9 +48,12 @@ def quantize_rtn(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bo
     sym : bool
         Symmetric (zero fixed at 2**(bits-1)) instead of asymmetric.
     per_tensor : bool
-        One scale (and zero) for the whole matrix.
+        One scale (and zero) for the whole matrix; ``group_size`` must still
+        be valid (it is then unused).
     """
-    g = w.shape[1] if per_tensor else check_group_size(group_size, w.shape[1])
+    g = check_group_size(group_size, w.shape[1])  # checked even when per_tensor leaves it unused
+    if per_tensor:
+        g = w.shape[1]
     from qviz.kernels.numba.rtn import choose_params_and_quantize  # numba loads on first use
 
     # formats/rtn.py's choose_params and quantize in one numba pass: the same numbers
@@ -202,25 +205,29 @@ register_method(Method(
     ))
 
 
-def quantize_nf4(w: np.ndarray, *, group_size: int = 64) -> QuantResult:
-    """QLoRA's NF4: 16 normal-float levels times each block's absmax (fp16).
+def quantize_nf4(w: np.ndarray, *, group_size: int = 64, absmax: str = "float32") -> QuantResult:
+    """QLoRA's NF4: 16 normal-float levels times each block's absmax, as bitsandbytes computes it.
 
-    See :mod:`qviz.algorithms.codebook`.
+    See :func:`qviz.algorithms.codebook.nf4`.
 
     Parameters
     ----------
     w : ndarray, shape (n_rows, n_cols), float32
     group_size : int
         Columns per block (64; -1 per row).
+    absmax : {"float32", "float16"}
+        Each block's absmax kept in float32 (bitsandbytes) or rounded to fp16.
     """
     from qviz.algorithms import codebook
 
-    return codebook.nf4(w, group_size)
+    return codebook.nf4(w, group_size, absmax)
 
 
 register_method(Method(
     "nf4", "NF4", quantize_nf4,
-    (Option("group_size", "int", 64, "columns per block; -1 for one block per row", control=True),)))
+    (Option("group_size", "int", 64, "columns per block; -1 for one block per row", control=True),
+     Option("absmax", "str", "float32", "each block's absmax: float32 as bitsandbytes keeps it "
+            "(32 bits per block) or rounded to fp16 (16 bits)", choices=("float32", "float16")))))
 
 
 # ----------------------------------------------------------------- quant types

@@ -46,6 +46,18 @@ def test_per_tensor(rng):
     assert np.abs(w - r.dequantize()).max() <= r.scales[0, 0] / 2 * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("group_size", [0, -2, -128])
+def test_per_tensor_still_refuses_a_bad_group_size(rng, group_size):
+    """Issue 12 item 14: per_tensor=True with group_size=0 was accepted silently."""
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match=f"group_size={group_size}: use a positive number"):
+        qviz.quantize(w, "rtn", per_tensor=True, group_size=group_size)
+    # valid sizes are unused with per_tensor: one (1, 1) scale whatever they say
+    for g in (-1, 7, 128):
+        r = qviz.quantize(w, "rtn", per_tensor=True, group_size=g)
+        assert r.scales.shape == (1, 1) and r.group_size == 64
+
+
 def test_group_size_larger_than_row_is_one_group(rng):
     w = rng.standard_normal((4, 50)).astype(np.float32)
     a = qviz.quantize(w, "rtn", group_size=128)

@@ -12,9 +12,8 @@ from qviz.kernels.numba.rtn import choose_params_and_quantize, dequantize
 
 def reference(w, bits, sym, group_size, per_tensor=False):
     g = w.shape[1] if per_tensor else group_size
-    with np.errstate(all="ignore"):  # overflowing ranges and zero scales, as the kernel
-        scales, zeros = rtn.choose_params(w, bits, sym=sym, group_size=g, per_tensor=per_tensor)
-        codes = rtn.quantize(w, scales, zeros, bits, g)
+    scales, zeros = rtn.choose_params(w, bits, sym=sym, group_size=g, per_tensor=per_tensor)
+    codes = rtn.quantize(w, scales, zeros, bits, g)
     return codes, scales, zeros
 
 
@@ -29,8 +28,16 @@ def assert_bits_equal(got, want, what):
 
 
 def assert_matches_reference(w, bits, sym, group_size, per_tensor=False):
+    """The kernel's codes, scales and zeros are the reference's, or both refuse with the same message."""
+    try:
+        want = reference(w, bits, sym, group_size, per_tensor)
+    except ValueError as e:
+        with pytest.raises(ValueError) as got:
+            choose_params_and_quantize(w, bits, sym=sym, group_size=group_size, per_tensor=per_tensor)
+        assert str(got.value) == str(e)
+        return
     got = choose_params_and_quantize(w, bits, sym=sym, group_size=group_size, per_tensor=per_tensor)
-    for name, a, b in zip(("codes", "scales", "zeros"), got, reference(w, bits, sym, group_size, per_tensor)):
+    for name, a, b in zip(("codes", "scales", "zeros"), got, want):
         assert_bits_equal(a, b, name)
 
 
@@ -69,15 +76,48 @@ def test_large_layer_equals_reference():
     assert_matches_reference(w, 3, True, -(-4096 // 3))
 
 
-def test_degenerate_scales_equal_reference():
-    """Ranges that overflow to inf and scales that underflow to 0 (inf and nan codes)."""
+def test_subnormal_ranges_are_finite_and_equal_reference():
+    """A step that underflows to 0 takes the all-zero group's [-1, 1] (issue 12 item 4: zero was NaN)."""
     tiny = np.float32(1e-45)  # the smallest subnormal: (hi - lo) / maxq rounds to 0
-    huge = np.finfo(np.float32).max
-    w = np.array([[tiny, 0, 0, 0], [huge, -huge, 1, -1], [tiny, -tiny, 0, tiny]], np.float32)
+    w = np.array([[tiny, 0, 0, 0], [tiny, -tiny, 0, tiny], [-tiny, 0, 0, 0], [1e-40, 0, 3e-39, 0]],
+                 np.float32)
     for bits in (2, 8):
         for sym in (False, True):
+            for g, per_tensor in ((2, False), (4, False), (4, True)):
+                assert_matches_reference(w, bits, sym, g, per_tensor)
+                codes, scales, zeros = choose_params_and_quantize(w, bits, sym=sym, group_size=g,
+                                                                  per_tensor=per_tensor)
+                assert np.isfinite(scales).all() and np.isfinite(zeros).all() and (scales > 0).all()
+                r = qviz.quantize(w, "rtn", bits=bits, sym=sym, group_size=g, per_tensor=per_tensor)
+                assert np.isfinite(r.dequantize()).all()
+                assert np.abs(r.dequantize() - w).max() <= 3e-39  # each weight decodes within its range
+    # the all-zero group's rule, exactly: scale 2/maxq, zero rint(1 / scale) (7.4999996 in float32)
+    codes, scales, zeros = choose_params_and_quantize(w[:1], 4, group_size=4)
+    assert scales[0, 0] == np.float32(2 / 15) and zeros[0, 0] == 7 and (codes == 7).all()
+    np.testing.assert_array_equal(codes, choose_params_and_quantize(np.zeros((1, 4), np.float32), 4,
+                                                                    group_size=4)[0])
+
+
+def test_float32_max_ranges_are_refused_with_row_and_group():
+    """±3e38 overflows the range to an inf scale (issue 12 item 4: it decoded to NaN): a clear error."""
+    huge = np.float32(3e38)
+    w = np.array([[1, -1, 0.5, 0.25], [0.5, 0.1, huge, -huge]], np.float32)
+    for bits in (2, 8):
+        for sym in (False, True):
+            with pytest.raises(ValueError, match=r"row 1, group 1 \(columns 2 to 3\).*Scale the weight down"):
+                choose_params_and_quantize(w, bits, sym=sym, group_size=2)
+            with pytest.raises(ValueError, match=r"the tensor \(per_tensor=True\)"):
+                choose_params_and_quantize(w, bits, sym=sym, per_tensor=True)
             assert_matches_reference(w, bits, sym, 2)
             assert_matches_reference(w, bits, sym, 4, per_tensor=True)
+    with pytest.raises(ValueError, match="reaches float32's maximum"):
+        qviz.quantize(w, "rtn", group_size=2)
+    # the largest finite weights whose grid still fits stay finite and exact against the reference
+    fits = np.array([[np.finfo(np.float32).max / 4, -1.0, 0.0, 1.0]], np.float32)
+    for bits in range(2, 9):
+        assert_matches_reference(fits, bits, False, 4)
+        r = qviz.quantize(fits, "rtn", bits=bits, group_size=4)
+        assert np.isfinite(r.dequantize()).all()
 
 
 def test_api_uses_kernel_and_leaves_input_alone(weight):

@@ -4,15 +4,16 @@ One fused pass per row (``prange`` over rows): for each group, its min and
 max, then its scale and zero, then its codes, while the group is still in
 cache. The arithmetic is the reference's, in float32 and in the same order:
 
-* ``lo = min(min(w), 0)``, ``hi = max(max(w), 0)``; the symmetric range; an
-  all-zero group gets [-1, 1];
-* ``scale = (hi - lo) / maxq``; ``zero = rint(-lo / scale)`` or ``(maxq + 1) / 2``;
+* ``lo = min(min(w), 0)``, ``hi = max(max(w), 0)``; the symmetric range;
+* ``scale = (hi - lo) / maxq``, and where that is 0 (an all-zero group, or a
+  subnormal range whose step underflows) the range [-1, 1] instead;
+* ``zero = rint(-lo / scale)`` or ``(maxq + 1) / 2``;
 * ``code = clamp(rint(w / scale) + zero, 0, maxq)``.
 
-``np.rint`` is round half to even, as in the reference; it stays in float32 (not an int)
-so that a scale that underflows to 0 gives inf or nan exactly as the
-reference does: inf clamps to ``maxq``, nan becomes code 0 (numpy's cast of
-nan to uint8 on x86). The sign of a zero minimum never shows: like numpy's
+``np.rint`` is round half to even, as in the reference. A range near float32's
+maximum gives an inf scale here as there; the wrapper then raises the
+reference's error (:func:`qviz.formats.rtn.check_grid`, run on the scales and
+zeros). The sign of a zero minimum never shows: like numpy's
 ``minimum(-0.0, 0.0)``, ``lo`` is then +0.0.
 
 :func:`dequantize` decodes ``scale * (code - zero)`` in float32, bit for bit
@@ -24,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit, prange
 
+from qviz.formats.rtn import check_grid
 from qviz.kernels.numba.buffers import float_output
 
 F32 = np.float32
@@ -39,9 +41,10 @@ def _params(mn, mx, maxq, sym):
         hi = max(abs(lo), hi)
         if lo < F32(0):
             lo = -hi
-    if lo == F32(0) and hi == F32(0):
-        lo, hi = F32(-1), F32(1)
     scale = (hi - lo) / maxq
+    if scale == F32(0):  # all zero, or a step that underflows: [-1, 1]
+        lo, hi = F32(-1), F32(1)
+        scale = (hi - lo) / maxq
     if sym:
         zero = (maxq + F32(1)) / F32(2)
     else:
@@ -132,12 +135,18 @@ def choose_params_and_quantize(w: npt.NDArray[np.float32], bits: int, *, sym: bo
     codes : ndarray, shape (n_rows, n_cols), uint8
     scales, zeros : ndarray, shape (n_rows, n_groups) or (1, 1), float32
 
+    Raises
+    ------
+    ValueError
+        A group whose grid does not fit float32, as the reference
+        (:func:`qviz.formats.rtn.check_grid`).
+
     Examples
     --------
     >>> w = np.array([[-1.0, 0.5, 2.0]], dtype=np.float32)
     >>> codes, s, z = choose_params_and_quantize(w, 2, group_size=3)
     >>> codes.tolist(), float(s[0, 0]), float(z[0, 0])
-    ([[0, 2, 3]], 1.0, 1.0)
+    ([[0, 1, 3]], 1.0, 1.0)
     """
     w = np.ascontiguousarray(w, dtype=np.float32)
     n_rows, n_cols = w.shape
@@ -146,13 +155,15 @@ def choose_params_and_quantize(w: npt.NDArray[np.float32], bits: int, *, sym: bo
     if per_tensor:
         mn, mx = _tensor_min_max(w)  # numba returns Python floats: back to float32
         scale, zero = _params(F32(mn), F32(mx), maxq, bool(sym))
-        scale, zero = F32(scale), F32(zero)
-        _encode_rows(w, scale, zero, maxq, codes)
-        return codes, np.full((1, 1), scale, np.float32), np.full((1, 1), zero, np.float32)
+        scales, zeros = np.full((1, 1), scale, np.float32), np.full((1, 1), zero, np.float32)
+        check_grid(scales, zeros, bits, None)
+        _encode_rows(w, F32(scale), F32(zero), maxq, codes)
+        return codes, scales, zeros
     n_groups = -(-n_cols // group_size)
     scales = np.empty((n_rows, n_groups), np.float32)
     zeros = np.empty((n_rows, n_groups), np.float32)
     _quantize_groups(w, maxq, bool(sym), int(group_size), scales, zeros, codes)
+    check_grid(scales, zeros, bits, group_size)
     return codes, scales, zeros
 
 
