@@ -2,7 +2,7 @@
 
 ``quantize`` validates and normalizes its input once, looks the method up in
 :mod:`qviz.registry` (every registered method and quant type; the built-in
-ones are in :mod:`qviz.methods`), checks the options against the method's
+ones are in :mod:`qviz.quantizers`), checks the options against the method's
 schema and returns the method's :class:`QuantResult`.
 """
 from __future__ import annotations

@@ -177,7 +177,7 @@ def type_options(w, candidates=None, imatrix=None) -> list[Option]:
     """
     from qviz.api import quantize
     from qviz.arrays import as_weight
-    from qviz.methods import check_imatrix, resolve_type
+    from qviz.quantizers import check_imatrix, resolve_type
 
     w = as_weight(w)
     im = check_imatrix(imatrix, w.shape[1])

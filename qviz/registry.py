@@ -15,7 +15,7 @@ Registering is the only step that makes a name known: :func:`qviz.quantize`,
 the explorers, ``quantize_model``, ``requantize``, ``QuantLinear``, the plots
 and the tests' parametrization all look names up here. The built-in records
 register themselves when their modules load: every module of
-``qviz/formats/`` (types) and :mod:`qviz.methods` (methods) is imported on the
+``qviz/formats/`` (types) and :mod:`qviz.quantizers` (methods) is imported on the
 first lookup.
 
 Names resolve exactly first, then case-insensitively when that is unique
@@ -338,7 +338,7 @@ _LOCK = threading.RLock()
 _LOADED = False
 #: where built-in records register themselves (every module of the package; one module)
 BUILTIN_PACKAGES = ("qviz.formats",)
-BUILTIN_MODULES = ("qviz.methods",)
+BUILTIN_MODULES = ("qviz.quantizers",)
 
 
 def _load_builtins() -> None:
@@ -463,7 +463,7 @@ TYPE_OPTIONS = (
 
 
 def _type_method(t: QuantType) -> Method:
-    return Method(t.name, t.name, "qviz.methods:quantize_type", TYPE_OPTIONS,
+    return Method(t.name, t.name, "qviz.quantizers:quantize_type", TYPE_OPTIONS,
                   quant_type=t, fixed={"name": t.name},
                   quantlinear="torch" in t.twins)
 

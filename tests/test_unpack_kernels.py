@@ -19,7 +19,7 @@ from edge_rows import CASES as EDGE_CASES
 from edge_rows import edge_rows, importance, minilm_rows, mixed_groups
 from qviz import registry
 from qviz.formats.spec import FORMATS, QK_K, Unpacked
-from qviz.methods import type_result
+from qviz.quantizers import type_result
 from qviz.result import QuantResult
 
 TYPES = list(registry.types())
@@ -75,7 +75,7 @@ def _assert_same(want: Unpacked, got: Unpacked) -> None:
 
 
 def _result(type_name: str, u: Unpacked, packed: np.ndarray) -> QuantResult:
-    """A QuantResult of unpacked arrays, as ``methods.type_result`` builds it."""
+    """A QuantResult of unpacked arrays, as ``quantizers.type_result`` builds it."""
     lay = FORMATS[type_name]
     return QuantResult(type_name, u.codes.shape, lay.bits, lay.group_size, u.codes, u.scales,
                        mins=u.mins, codebook=u.codebook, packed=packed)
@@ -139,7 +139,7 @@ def test_twin_is_deterministic(type_name):
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_type_result_holds_the_reference_arrays(type_name):
-    """``methods.type_result`` (what ``qviz.quantize`` returns) decodes with the twin: same arrays."""
+    """``quantizers.type_result`` (what ``qviz.quantize`` returns) decodes with the twin: same arrays."""
     rng = np.random.default_rng(zlib.crc32(f"{type_name} api".encode()))
     packed = oracle.quantize(type_name, _rows(type_name, "normal", rng))
     res = type_result(type_name, packed)

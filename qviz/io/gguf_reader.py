@@ -801,7 +801,7 @@ class GGUFFile:
         ValueError
             For a type qviz does not implement, listing the ones it does.
         """
-        from qviz.methods import type_result
+        from qviz.quantizers import type_result
         from qviz.registry import types
 
         info = self.tensor(name)

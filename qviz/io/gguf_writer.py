@@ -29,7 +29,7 @@ from gguf import GGUFValueType
 
 from qviz import registry
 from qviz.io.gguf_reader import GGUFFile, TensorInfo, read, storage_type
-from qviz.methods import resolve_type
+from qviz.quantizers import resolve_type
 
 log = logging.getLogger(__name__)
 

@@ -183,7 +183,7 @@ def measure(w: np.ndarray, setting, x: np.ndarray | None = None) -> dict:
 def _skip_reason(setting, w: np.ndarray) -> str | None:
     """Why ``setting`` cannot store ``w`` (a quant type its rows do not fit), or None."""
     from qviz import registry
-    from qviz.methods import resolve_type
+    from qviz.quantizers import resolve_type
 
     if registry.method(setting.method).quant_type is None:
         return None

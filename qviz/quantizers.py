@@ -249,6 +249,9 @@ def check_imatrix(imatrix, n_cols: int, name: str = "imatrix") -> np.ndarray | N
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold numbers (one importance per input column), got dtype "
                         f"{a.dtype}; convert it with np.asarray(..., dtype=np.float32)")
+    if a.ndim == 1 and a.shape[0] != n_cols:
+        raise ValueError(f"{name} has {a.shape[0]} values but the rows have {n_cols} columns; pass one "
+                         f"importance per input column")
     if a.shape != (n_cols,):
         raise ValueError(f"{name} has shape {a.shape}; pass a 1-D vector of {n_cols} importances, one per "
                          f"input column (qviz.imatrix(x) makes one from activations)")
