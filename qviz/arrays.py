@@ -178,6 +178,39 @@ def as_activations(obj, n_cols: int, *, name: str = "calib") -> np.ndarray:
     return as_float32(a, name)
 
 
+def as_importance(obj, n_cols: int, *, name: str = "imatrix") -> np.ndarray:
+    """Validate one importance per input column and return it as float32 (n_cols,).
+
+    An importance (llama.cpp's imatrix, k-means' column weights) weighs each
+    column's squared error; only ratios matter. The sign is the caller's to
+    check (what zero means differs between methods).
+
+    Raises
+    ------
+    TypeError
+        For values that are not numbers.
+    ValueError
+        For another shape than (n_cols,) (a (1, n_cols) or (16, 16) array is
+        refused, not flattened), NaN/Inf, or values beyond float32's range.
+
+    Examples
+    --------
+    >>> as_importance([1, 2, 3], 3)
+    array([1., 2., 3.], dtype=float32)
+    """
+    a = to_numpy(obj, name=name)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} has dtype {a.dtype}; pass one non-negative number per input column "
+                        f"(e.g. qviz.imatrix(x) of the layer's inputs)")
+    if a.ndim == 1 and a.shape[0] != n_cols:
+        raise ValueError(f"{name} has {a.shape[0]} values but the rows have {n_cols} columns; pass one "
+                         f"per input column (e.g. qviz.imatrix(x) of the layer's inputs)")
+    if a.shape != (n_cols,):
+        raise ValueError(f"{name} has shape {a.shape}; pass a vector of shape ({n_cols},), one value per "
+                         f"input column")
+    return as_float32(a.reshape(1, n_cols), name)[0]  # a row: errors name (0, column)
+
+
 def torch_device(device):
     """A ``torch.device`` for ``device`` (None: the CPU), refusing CUDA when torch has none.
 

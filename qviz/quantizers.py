@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qviz.arrays import check_finite, check_group_size
+from qviz.arrays import as_importance, check_group_size
 from qviz.registry import Method, Option, quant_type, register_method, types
 from qviz.result import QuantResult
 
@@ -232,37 +232,13 @@ register_method(Method(
 
 # ----------------------------------------------------------------- quant types
 
-def check_imatrix(imatrix, n_cols: int, name: str = "imatrix") -> np.ndarray | None:
-    """Validate an importance vector: float32 (n_cols,), finite, >= 0.
-
-    Raises
-    ------
-    TypeError
-        For values that are not numbers.
-    ValueError
-        For another shape than (n_cols,) (a (1, n_cols) or (16, 16) array is
-        refused, not flattened), NaN/Inf, or negative values.
-    """
+def check_imatrix(imatrix, n_cols: int) -> np.ndarray | None:
+    """Validate an importance vector (:func:`qviz.arrays.as_importance`) that must be >= 0."""
     if imatrix is None:
         return None
-    a = np.asarray(imatrix)
-    if a.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must hold numbers (one importance per input column), got dtype "
-                        f"{a.dtype}; convert it with np.asarray(..., dtype=np.float32)")
-    if a.ndim == 1 and a.shape[0] != n_cols:
-        raise ValueError(f"{name} has {a.shape[0]} values but the rows have {n_cols} columns; pass one "
-                         f"importance per input column")
-    if a.shape != (n_cols,):
-        raise ValueError(f"{name} has shape {a.shape}; pass a 1-D vector of {n_cols} importances, one per "
-                         f"input column (qviz.imatrix(x) makes one from activations)")
-    with np.errstate(over="ignore"):
-        im = np.ascontiguousarray(a, dtype=np.float32)
-    if np.isfinite(a).all() and not np.isfinite(im).all():
-        raise ValueError(f"{name} has values beyond float32's range (max {float(np.abs(a).max()):g}); "
-                         f"only relative importance matters: divide it by its maximum")
-    check_finite(im[None, :], name)
+    im = as_importance(imatrix, n_cols, name="imatrix")
     if (im < 0).any():
-        raise ValueError(f"{name} has {int((im < 0).sum())} negative values; importances are "
+        raise ValueError(f"imatrix has {int((im < 0).sum())} negative values; importances are "
                          f"means of squared activations and must be >= 0")
     return im
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qviz.arrays import as_float32, as_weight, check_group_size, to_numpy
+from qviz.arrays import as_importance, as_weight, check_group_size
 from qviz.result import QuantResult
 
 __all__ = ["NF4", "NF4_MIDPOINTS", "kmeans", "nearest", "nf4", "pack_nf4"]
@@ -356,17 +356,7 @@ def _importance(importance, n_cols: int) -> np.ndarray | None:
     """Validated column weights: float32 (n_cols,), finite, >= 0, not all zero."""
     if importance is None:
         return None
-    imp = to_numpy(importance, name="importance")
-    if imp.dtype.kind not in "fiu":
-        raise TypeError(f"importance has dtype {imp.dtype}; pass one non-negative number per column "
-                        f"(e.g. qviz.imatrix(x) of the layer's inputs)")
-    if imp.size != n_cols:
-        raise ValueError(f"importance has {imp.size} values but the rows have {n_cols} columns; "
-                         f"pass one per input column (e.g. qviz.imatrix(x) of the layer's inputs)")
-    if imp.shape != (n_cols,):
-        raise ValueError(f"importance has shape {imp.shape}; pass a vector of shape ({n_cols},), "
-                         f"one value per input column (e.g. importance.reshape(-1))")
-    imp = as_float32(imp, "importance")
+    imp = as_importance(importance, n_cols, name="importance")
     if (imp < 0).any() or not imp.any():
         raise ValueError("importance must be >= 0 and not all zero (it weighs the squared "
                          "error of each column, e.g. mean x² of the activations)")
