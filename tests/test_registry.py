@@ -58,18 +58,21 @@ TOY8 = QuantType("TOY8", ggml_type=8, block_size=QK, fields=(Field("d", 2), Fiel
 
 # --------------------------------------------------------------------------- a toy method
 
-def quantize_toy_sign(w: np.ndarray, *, per_row: bool = True) -> QuantResult:
-    """Sign times the mean |w| of each row (or of the whole matrix)."""
-    mean = np.abs(w).mean(axis=1, keepdims=True, dtype=np.float32)
+def quantize_toy_sign(w: np.ndarray, *, per_row: bool = True, scale: str = "mean") -> QuantResult:
+    """Sign times the mean (or max) |w| of each row (or of the whole matrix)."""
+    reduce = np.mean if scale == "mean" else np.max
+    mean = reduce(np.abs(w), axis=1, keepdims=True).astype(np.float32)
     if not per_row:
-        mean = np.full_like(mean, np.abs(w).mean(dtype=np.float32))
+        mean = np.full_like(mean, reduce(np.abs(w)))
     codes = (w >= 0).astype(np.uint8)
     return QuantResult("toy_sign", w.shape, 1, w.shape[1], codes, mean.astype(np.float32),
                        codebook=np.array([-1, 1], np.float32), info={"per_row": per_row})
 
 
 TOY_SIGN = Method("toy_sign", "Toy sign", quantize_toy_sign,
-                  (Option("per_row", "bool", True, "one scale per row", control=True),))
+                  (Option("per_row", "bool", True, "one scale per row", control=True),
+                   Option("scale", "str", "mean", "the scale: mean or max |w|", choices=("mean", "max"),
+                          control=True)))
 
 
 @pytest.fixture
@@ -103,6 +106,8 @@ def test_toy_method_quantizes_and_validates(toys, w):
     r = qviz.quantize(w, "toy_sign")
     want = np.where(w >= 0, 1, -1) * np.abs(w).mean(axis=1, keepdims=True)
     np.testing.assert_allclose(r.dequantize(), want, rtol=1e-6)  # float32 mean vs float64: rounding only
+    peak = qviz.quantize(w, "toy_sign", scale="max").dequantize()
+    np.testing.assert_array_equal(np.abs(peak), np.abs(w).max(axis=1, keepdims=True) + 0 * w)
     assert qviz.quantize(w, "Toy_Sign", per_row=False).info["per_row"] is False
     with pytest.raises(TypeError, match=r"per_row='yes' must be True or False"):
         qviz.quantize(w, "toy_sign", per_row="yes")
@@ -124,10 +129,16 @@ def test_toy_type_and_method_in_the_explorer(toys, w):
     e = qviz.explore(w, x, method="TOY8")
     assert e.setting.method == "TOY8"
     assert e.layer.summary(e.setting).result.method == "TOY8"
-    assert session.method_options("toy_sign") == {"per_row": True}
+    assert session.method_options("toy_sign") == {"per_row": True, "scale": "mean"}
     e2 = qviz.explore(w, x, method="toy_sign", per_row=False)
-    assert e2.setting.kwargs == {"per_row": False}
+    assert e2.setting.kwargs == {"per_row": False, "scale": "mean"}
     assert e2.layer.summary(e2.setting).result.info["per_row"] is False
+    from qviz.widgets import controls
+
+    scale = controls.option_control(registry.method("toy_sign").option("scale"))
+    assert type(scale).__name__ == "Dropdown" and list(scale.options) == ["mean", "max"]
+    with pytest.raises(ValueError, match=r"toy_sign: scale='median'; valid scales: 'mean', 'max'"):
+        qviz.explore(w, x, method="toy_sign", scale="median")
 
 
 def _toy_model():

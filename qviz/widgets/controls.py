@@ -113,8 +113,13 @@ def option_control(option: Option) -> widgets.Widget:
     if name == "damp":
         return widgets.FloatLogSlider(base=10, min=-4, max=0, step=0.25, readout_format=".4g",
                                       style=STYLE, continuous_update=False, **common)
+    if option.choices is not None:
+        return widgets.Dropdown(options=list(option.choices), style=STYLE,
+                                layout=widgets.Layout(width="180px"), **common)
     if isinstance(default, bool):
         return widgets.Checkbox(indent=False, layout=widgets.Layout(width="auto"), **common)
+    if isinstance(default, str):
+        return widgets.Text(style=STYLE, layout=widgets.Layout(width="180px"), **common)
     if isinstance(default, int):
         return widgets.IntText(style=STYLE, layout=widgets.Layout(width="160px"), **common)
     return widgets.FloatText(style=STYLE, layout=widgets.Layout(width="180px"), **common)
