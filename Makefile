@@ -1,7 +1,9 @@
 # qviz: two commands for a newcomer.
 #   make lab   - a .venv with qviz, the demo models and JupyterLab; serves notebooks/ on 127.0.0.1 (token auth)
-#   make test  - a .venv with the test extras; runs the whole suite and executes the notebooks
-#                (make test E2E=1 adds llama.cpp for the slow end-to-end tests; CI does)
+#   make test  - a .venv with the test extras; runs the suite (tests marked slow left out) and executes
+#                the notebooks. make test E2E=1 adds llama.cpp and runs everything, slow tests included
+#                (CI does); make test-slow runs only the slow ones (llama.cpp end to end, 100,000 GGUF
+#                fuzz cases, the Binder environment)
 #
 # torch is pinned through one variable. The default is a CPU build that these machines install from
 # local disk. For a CUDA build pick its version and index, e.g.
@@ -20,7 +22,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC := torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 ROOT_FLAG  := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: lab test install-lab install-test bench clean
+.PHONY: lab test test-slow install-lab install-test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +52,14 @@ lab: install-lab
 	$(VENV)/bin/jupyter lab --no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
 		--ServerApp.root_dir=notebooks $(ROOT_FLAG)
 
+# without E2E the slow tests are left out; with it (CI) everything runs
+SLOW_MARKS := $(if $(E2E),,-m "not slow")
+
 test: install-test
-	$(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=300 $(PYTEST_ARGS)
+	$(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=300 $(SLOW_MARKS) $(PYTEST_ARGS)
+
+test-slow: install-test
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
 bench: install-test
 	$(PY) benchmarks/bench_pack.py
