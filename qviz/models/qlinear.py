@@ -42,13 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from qviz import registry
+from qviz.formats.pack import ORDERS  # the packing orders: GPTQ's and AWQ's
 from qviz.kernels.torch import pack as tpack
 from qviz.result import QuantResult
 
 __all__ = ["QuantLinear", "memory_bytes", "memory_report", "to_quantized_modules"]
 
 
-ORDERS = ("gptq", "awq")
 #: forward implementations: "auto" picks the fused kernel where it applies
 KERNELS = ("auto", "triton", "torch")
 
