@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from qviz.arrays import as_importance, check_group_size
-from qviz.registry import Method, Option, quant_type, register_method, types
+from qviz.registry import Method, Option, QuantType, quant_type, register_method, types
 from qviz.result import QuantResult
 
 BACKENDS = ("numba", "numpy")
@@ -243,22 +243,20 @@ def check_imatrix(imatrix, n_cols: int) -> np.ndarray | None:
     return im
 
 
-#: the largest finite fp16 value: a block's stored scale must fit
-FP16_MAX = 65504.0
-
-
-def first_overflowing_block(res: QuantResult, w: np.ndarray, block_size: int) -> tuple[int, int] | None:
-    """(row, column) where a block's fp16 scale overflowed, or None.
+def first_overflowing_block(res: QuantResult, w: np.ndarray, t: QuantType) -> tuple[int, int] | None:
+    """(row, column) where a block's stored scale overflowed, or None.
 
     A block overflowed when its decoded scale or min is not finite, or (only
-    possible beyond fp16's range: Q3_K and Q6_K then store a zero scale) when
-    its largest decoded magnitude is under half the weight's largest there.
+    possible beyond the scale's range, ``t.scale_max``: Q3_K and Q6_K then store
+    a zero scale) when its largest decoded magnitude is under half the
+    weight's largest there.
     """
+    block_size = t.block_size
     for p in (res.scales, res.mins):
         if p is not None and not np.isfinite(p).all():
             row, group = np.argwhere(~np.isfinite(p))[0]
             return int(row), int(group) * res.group_size
-    if max(float(w.max()), -float(w.min())) <= FP16_MAX:
+    if max(float(w.max()), -float(w.min())) <= t.scale_max:
         return None  # every scale is at most max|w|: nothing can overflow
     n_rows, n_cols = w.shape
     amax = np.abs(w).reshape(n_rows, -1, block_size).max(axis=2)  # (n_rows, n_blocks)
@@ -315,21 +313,21 @@ def quantize_type(w: np.ndarray, name: str, *, imatrix=None, backend: str = "num
         raise ValueError(f"{t.name} needs an importance matrix (imatrix=, e.g. qviz.imatrix(x)); "
                          f"llama-quantize refuses to make it without one")
     res = type_result(real, t.function("quantize", backend)(w, im))
-    bad = first_overflowing_block(res, w, t.block_size)
+    bad = first_overflowing_block(res, w, t)
     rescaled = False
     if bad is not None and im is not None and im.max() > 0:
         # ggml's search overflows float32 for huge importances; only their ratios matter
         res = type_result(real, t.function("quantize", backend)(w, im / im.max()))
-        bad, rescaled = first_overflowing_block(res, w, t.block_size), True
+        bad, rescaled = first_overflowing_block(res, w, t), True
     if bad is not None:
         row, col = bad
         block = col // t.block_size
         cols = slice(block * t.block_size, (block + 1) * t.block_size)
         big = float(np.abs(w[row, cols]).max())
         raise ValueError(f"{t.name}: row {row}, block {block} (columns {cols.start}..{cols.stop - 1}) "
-                         f"reaches |w| = {big:g}, so its scale would be beyond fp16's {FP16_MAX:g} "
-                         f"(inf/NaN or zeros when decoded); scale the weight down (and the scale up "
-                         f"elsewhere) or keep this tensor in F32")
+                         f"reaches |w| = {big:g}, so its scale would be beyond {t.scale_format}'s "
+                         f"{t.scale_max:g} (inf/NaN, zeros or clipped values when decoded); scale the "
+                         f"weight down (and the scale up elsewhere) or keep this tensor in F32")
     info = dict(res.info, imatrix=im is not None, backend=backend)
     if rescaled:
         info["imatrix_rescaled"] = True

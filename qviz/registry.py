@@ -83,6 +83,10 @@ class QuantType:
     requires_imatrix : bool
         Quantizing refuses without an importance matrix
         (``ggml_quantize_requires_imatrix``).
+    scale_format, scale_max : str, float
+        How a block's scale is stored and its largest finite value (fp16's
+        65504 for most ggml types): weights beyond it get a clear error where
+        the scale would overflow.
     """
 
     name: str
@@ -96,6 +100,8 @@ class QuantType:
     fallback: str | None = None
     file_type: int | None = None
     requires_imatrix: bool = False
+    scale_format: str = "fp16"
+    scale_max: float = 65504.0
 
     @property
     def type_size(self) -> int:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import qviz
+from qviz import registry
 from qviz.plan import Option, choose, exact_pattern, suggest_types, type_options
 
 
@@ -31,8 +32,11 @@ def _brute_force(options, budget_bits):
 def test_options_are_the_measured_squared_errors(rng):
     w = _weights(rng)["d"]
     opts = type_options(w)
-    # 64 columns: Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, deduplicated
-    assert [o.type_name for o in opts] == ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
+    # 64 columns: Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, deduplicated; so every
+    # registered type whose block divides 64 (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL …), in the registry's order
+    fits = [n for n, t in registry.types().items() if 64 % t.block_size == 0]
+    assert [o.type_name for o in opts] == fits
+    assert fits[:6] == ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"]
     for o in opts:
         r = qviz.quantize(w, o.type_name)
         assert o.n_bytes == r.packed.nbytes
@@ -114,8 +118,11 @@ def test_bad_input(rng):
     for bad in (0, -1.0, float("nan"), True, "4"):
         with pytest.raises(ValueError, match="target_bpw"):
             suggest_types(weights, bad)
-    # (4096 weights at Q2_K 2.625 + 256 at Q4_0 4.5) / 4352 = 2.7353
-    with pytest.raises(ValueError, match=r"target_bpw=1 is below 2\.7353, the fewest bits"):
+    # each tensor in its smallest type (with the 11 types of the first version: (4096 weights at Q2_K
+    # 2.625 + 256 at Q4_0 4.5) / 4352 = 2.7353)
+    fewest = sum(min(o.n_bytes for o in type_options(w)) * 8 for w in weights.values()) \
+        / sum(w.size for w in weights.values())
+    with pytest.raises(ValueError, match=rf"target_bpw=1 is below {fewest:.4f}, the fewest bits"):
         suggest_types(weights, 1)
     with pytest.raises(ValueError, match="candidates"):
         suggest_types(weights, 5, candidates=["Q4_K", "Q7_K"])
