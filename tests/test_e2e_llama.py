@@ -3,8 +3,6 @@
 Slow (and llama-cpp-python builds llama.cpp from source, about 20 CPU-minutes):
 it runs when llama_cpp is installed, which ``make test E2E=1`` (and CI) does.
 """
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -19,48 +17,19 @@ CTX = 512
 CHUNKS = 2
 
 
-@contextlib.contextmanager
-def no_weight_repacking():
-    """Load models without llama.cpp's extra buffer types (weight repacking for AMX/AVX-512).
-
-    On CPUs with AMX (seen on a Xeon with amx_int8 in this workplace), decoding
-    through the repacked weights dies with SIGSEGV inside ``llama_decode``; the
-    plain CPU path computes the same model. The test is about qviz's files, not
-    llama.cpp's repacking kernels, so it turns ``use_extra_bufts`` off.
-    """
-    module = llama_cpp.llama.llama_cpp
-    default = module.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    module.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        module.llama_model_default_params = default
-
-
-def load(path, **kwargs):
-    with no_weight_repacking():
-        return llama_cpp.Llama(model_path=str(path), n_ctx=CTX, verbose=False, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def text_tokens():
     """Fixed evaluation text: CPython's bundled pydoc topics, tokenized by SmolLM2's own tokenizer."""
     import pydoc_data.topics as topics
 
-    llm = load(qviz.demo.smollm2_gguf(), vocab_only=True)
+    llm = llama_cpp.Llama(model_path=str(qviz.demo.smollm2_gguf()), n_ctx=CTX, vocab_only=True, verbose=False)
     text = "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
     return llm.tokenize(text.encode(), add_bos=False)[: CTX * CHUNKS]
 
 
 def perplexity(path, tokens) -> float:
     """Perplexity of the second half of each CTX-token window (the first half is context)."""
-    llm = load(path, logits_all=True, n_threads=2, seed=0)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=CTX, logits_all=True, verbose=False, n_threads=2, seed=0)
     nll, n = 0.0, 0
     for c in range(CHUNKS):
         chunk = tokens[c * CTX:(c + 1) * CTX]
