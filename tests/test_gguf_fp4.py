@@ -18,7 +18,7 @@ import pytest
 
 import ggml_oracle as oracle
 from edge_rows import CASES as EDGE_CASES
-from edge_rows import edge_rows, importance, minilm_rows
+from edge_rows import edge_rows, importance
 from qviz import registry
 from qviz.formats import gguf_fp4
 from qviz.formats.spec import FORMATS

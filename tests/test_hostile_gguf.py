@@ -21,7 +21,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
