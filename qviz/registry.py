@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple
 
 __all__ = ["Field", "Option", "QuantType", "Method", "register_type", "register_method",
-           "unregister", "quant_type", "method", "types", "methods", "resolve_name", "TYPES", "METHODS"]
+           "unregister", "load", "quant_type", "method", "types", "methods", "resolve_name", "TYPES", "METHODS"]
 
 
 # --------------------------------------------------------------------------- records
@@ -326,12 +326,13 @@ class Method:
         """Run the method on a validated float32 weight; options are checked first."""
         fn = self.function
         if isinstance(fn, str):
-            fn = _load(fn)
+            fn = load(fn)
         return fn(w, **self.fixed, **self.check(options))
 
 
 @functools.lru_cache(maxsize=None)
-def _load(path: str) -> Callable:
+def load(path: str) -> Callable:
+    """The object a record names as ``"module:attribute"`` (a method's function or driver), imported once."""
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 

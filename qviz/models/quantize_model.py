@@ -26,7 +26,6 @@ use).
 from __future__ import annotations
 
 import copy
-import importlib
 
 from qviz import registry
 from qviz.io import calib as calibration
@@ -117,8 +116,7 @@ def quantize_model(model, method: str = "rtn", calib=None, include_embeddings: b
                          f"calib=token ids (n, seq); see qviz.io.calib.calibration_batches")
     driver = None
     if m.driver is not None and calib is not None:
-        module, _, name = m.driver.partition(":")
-        driver = getattr(importlib.import_module(module), name)
+        driver = registry.load(m.driver)
     else:
         m.check(options)  # before any work; the driver checks its own
     qmodel = copy.deepcopy(model).eval()
