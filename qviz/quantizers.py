@@ -310,8 +310,9 @@ def quantize_type(w: np.ndarray, name: str, *, imatrix=None, backend: str = "num
     t = quant_type(real)
     im = check_imatrix(imatrix, w.shape[1])
     if im is None and t.requires_imatrix:
-        raise ValueError(f"{t.name} needs an importance matrix (imatrix=, e.g. qviz.imatrix(x)); "
-                         f"llama-quantize refuses to make it without one")
+        raise ValueError(f"{t.name} needs an importance matrix (imatrix=, e.g. qviz.imatrix(x)): "
+                         f"llama-quantize refuses it without one (\"Missing importance matrix for tensor "
+                         f"in a very low-bit quantization. The result will be garbage, so bailing out\")")
     res = type_result(real, t.function("quantize", backend)(w, im))
     bad = first_overflowing_block(res, w, t)
     rescaled = False

@@ -23,16 +23,19 @@ QK = 32  # block size of the legacy types and IQ4_NL
 def register_ggml(module: str, name: str, ggml_type: int, block_size: int, bits: int, group_size: int,
                   *, file_type: int | None, fallback: str | None = None,
                   twins: tuple[str, ...] = ("numba",), scale_format: str = "fp16",
-                  scale_max: float = 65504.0, **fields: int) -> QuantType:
+                  scale_max: float = 65504.0, requires_imatrix: bool = False,
+                  **fields: int) -> QuantType:
     """Register a ggml type implemented by ``module`` (a module of ``qviz.formats``).
 
     ``fields`` are the block's fields in storage order with their byte counts,
     ggml's names (``d=2, qs=16``); the type size and bits per weight follow.
+    ``requires_imatrix`` marks the types ``ggml_quantize_requires_imatrix`` names.
     """
     return register_type(QuantType(name, ggml_type, block_size,
                                    tuple(Field(k, v) for k, v in fields.items()),
                                    bits, group_size, module, twins, fallback, file_type,
-                                   scale_format=scale_format, scale_max=scale_max))
+                                   requires_imatrix=requires_imatrix, scale_format=scale_format,
+                                   scale_max=scale_max))
 
 
 #: bytes of an fp16 field
