@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +103,20 @@ class Lattice:
             return np.zeros(0, np.uint16)
         start = -k - 1
         return self.neighbours[start + 1:start + 1 + int(self.neighbours[start])]
+
+
+class LatticePoints(NamedTuple):
+    """The grid points an i-quant row chose: what its ``points_<type>(packed)`` returns.
+
+    lattice : str                                  the :func:`lattice` name (``"iq2xxs"`` ...)
+    index : uint16, (n_rows, n_cols // dims)       grid point number of each run of ``dims`` weights
+    negative : bool, (n_rows, n_cols)              the sign bit of each weight (all False where the type
+                                                   stores no signs: IQ1_S, IQ1_M)
+    """
+
+    lattice: str
+    index: npt.NDArray[np.uint16]
+    negative: npt.NDArray[np.bool_]
 
 
 def pack_levels(levels: npt.ArrayLike, bits: int) -> npt.NDArray[np.int64]:
