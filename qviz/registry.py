@@ -122,6 +122,11 @@ class QuantType:
         """The module's last name part (``"gguf_k_min"``), shared by the twins."""
         return self.module.rsplit(".", 1)[-1]
 
+    def provides(self, verb: str, backend: str = "numpy") -> bool:
+        """Whether ``backend``'s module defines ``<verb>_<type>`` (``"points"``: the lattice types)."""
+        mod = self.module_of(backend)
+        return mod is not None and hasattr(importlib.import_module(mod), f"{verb}_{self.name.lower()}")
+
     def module_of(self, backend: str = "numpy") -> str | None:
         """The module implementing ``backend`` (``"numpy"``, ``"numba"``, ``"torch"``), or None."""
         if backend == "numpy":

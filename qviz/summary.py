@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from qviz import registry
+from qviz.formats.iq_lattice import lattice
 from qviz.kernels.numba.buffers import float_output
 from qviz.result import QuantResult
 
@@ -259,6 +260,21 @@ def group_columns(result: QuantResult, group: int) -> np.ndarray:
     return np.arange(group * g, min((group + 1) * g, result.shape[1]))
 
 
+class LatticeRuns(NamedTuple):
+    """The grid points an i-quant group chose, one per run of ``dims`` weights.
+
+    lattice : str                      the lattice's name (:func:`qviz.formats.iq_lattice.lattice`)
+    numbers : int64 (k,)               the grid point number of each run (k = n // dims)
+    values : int8 (k, dims)            each point's decode values (ggml's grid table entry)
+    negative : bool (n,)               the sign bit of each weight of the group
+    """
+
+    lattice: str
+    numbers: np.ndarray
+    values: np.ndarray
+    negative: np.ndarray
+
+
 class GroupDetail(NamedTuple):
     """One group of one row, decoded: what :func:`qviz.plots.layer.group_detail` draws.
 
@@ -267,6 +283,7 @@ class GroupDetail(NamedTuple):
     columns : int64 (n,)              the group's input columns, ascending
     w : float32 (n,)                  the original weights at those columns
     w_hat : float32 (n,)              their dequantized values
+    lattice : LatticeRuns or None     the grid points chosen, for lattice types (IQ1/IQ2/IQ3)
     """
 
     row: int
@@ -275,6 +292,26 @@ class GroupDetail(NamedTuple):
     columns: np.ndarray
     w: np.ndarray
     w_hat: np.ndarray
+    lattice: LatticeRuns | None = None
+
+
+def lattice_runs(result: QuantResult, row: int, columns: np.ndarray) -> LatticeRuns | None:
+    """The grid points row ``row`` chose at ``columns`` (consecutive, run-aligned), or None.
+
+    None unless ``result`` is a registered lattice type with packed bytes (its
+    format module defines ``points_<type>``, returning a
+    :class:`~qviz.formats.iq_lattice.LatticePoints`).
+    """
+    if result.packed is None or result.method not in registry.TYPES:
+        return None
+    t = registry.quant_type(result.method)
+    if not t.provides("points"):
+        return None
+    pts = t.function("points", "numpy")(result.packed[row:row + 1])
+    lat = lattice(pts.lattice)
+    runs = np.arange(columns[0] // lat.dims, (columns[-1] + 1) // lat.dims)
+    numbers = pts.index[0, runs].astype(np.int64)
+    return LatticeRuns(pts.lattice, numbers, lat.values[numbers], pts.negative[0, columns])
 
 
 def group_detail(result: QuantResult, w: np.ndarray, row: int, group: int) -> GroupDetail:
@@ -298,7 +335,7 @@ def group_detail(result: QuantResult, w: np.ndarray, row: int, group: int) -> Gr
     levels = result.levels(row, group)  # IndexError for a group outside the result
     cols = group_columns(result, group)
     w_hat = decode_rows(result, row, row + 1)[0, cols]
-    return GroupDetail(row, group, levels, cols, w[row, cols], w_hat)
+    return GroupDetail(row, group, levels, cols, w[row, cols], w_hat, lattice_runs(result, row, cols))
 
 
 def group_mean_abs_error(abs_err: np.ndarray, result: QuantResult) -> np.ndarray:

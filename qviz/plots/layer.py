@@ -246,13 +246,38 @@ def group_detail(d: GroupDetail) -> go.Figure:
         go.Scatter(name="ŵ", x=cols, y=dq_g, mode="markers", hoverinfo="skip",
                    marker=dict(color=OKABE_ITO["vermillion"], size=7, symbol="diamond")),
     ])
+    runs = ""
+    if d.lattice is not None:
+        fig.add_traces(_lattice_traces(d))
+        k, dims = d.lattice.values.shape
+        runs = f"{k} grid points of the {d.lattice.lattice} lattice, {dims} weights each; "
     fig.update_layout(
         **LAYOUT,
         title=(f"Row {d.row}, group {d.group}: {len(cols)} weights, {len(levels)} levels"
-               f"<br><sup>{'' if drawn is levels else f'{len(drawn)} used drawn; '}"
+               f"<br><sup>{runs}{'' if drawn is levels else f'{len(drawn)} used drawn; '}"
                f"mean |w − ŵ| = {float(np.abs(err).mean()):.3g}</sup>"),
         xaxis_title="input column", yaxis_title="weight value")
     return fig
+
+
+def _lattice_traces(d: GroupDetail) -> list[go.Scatter]:
+    """Run boundaries and each run's grid point number (lattice types: IQ1/IQ2/IQ3)."""
+    lat = d.lattice
+    k, dims = lat.values.shape
+    cols = d.columns
+    top = float(max(np.abs(d.w).max(), np.abs(d.w_hat).max())) * 1.1 or 1.0
+    edges = cols[0] - 0.5 + dims * np.arange(1, k, dtype=np.float64)
+    bx, by = _segments(edges, edges, np.full(k - 1, -top), np.full(k - 1, top))
+    centers = cols[0] - 0.5 + dims * (np.arange(k) + 0.5)
+    signs = np.where(lat.negative.reshape(k, dims), "−", "+")
+    hover = [f"grid point #{n}: ({', '.join(map(str, v.tolist()))})<br>signs {''.join(sg)}"
+             for n, v, sg in zip(lat.numbers.tolist(), lat.values, signs)]
+    return [go.Scatter(name="runs", x=bx, y=by, mode="lines", hoverinfo="skip", showlegend=False,
+                       line=dict(color="#888888", width=1, dash="dot")),
+            go.Scatter(name="grid point", x=centers, y=np.full(k, top), mode="text",
+                       text=[f"#{n}" for n in lat.numbers.tolist()], customdata=hover,
+                       hovertemplate="%{customdata}<extra></extra>",
+                       textfont=dict(color=OKABE_ITO["vermillion"]))]
 
 
 def _fmt(v: float) -> str:
