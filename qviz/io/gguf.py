@@ -5,7 +5,10 @@ reader (:mod:`qviz.io.gguf_reader`: its costs, its large numeric metadata
 arrays as numpy arrays, and what it does when the file changes under it are
 described there); :func:`requantize` writes a copy of a file with its weight
 matrices re-quantized by qviz (:mod:`qviz.io.gguf_writer`), returning a
-:class:`Requantized` dict. The reader knows nothing of the writer.
+:class:`Requantized` dict, one type for all weights or a llama-quantize
+recipe (``"Q4_K_M"``); :func:`plan` shows a recipe's per-tensor types and
+why, without writing (:mod:`qviz.io.gguf_recipes`). The reader knows nothing
+of the writer.
 
 Examples
 --------
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 from qviz.io.gguf_reader import (LIST_MAX_ITEMS, MAX_DIMS, MAX_NESTING, PLAIN_DTYPES, SUPPORTED_VERSIONS,
                                  GGUFError, GGUFFile, StorageType, TensorInfo, read, storage_type)
+from qviz.io.gguf_recipes import (ALIASES, FALLBACKS, RECIPES, Recipe, RecipePlan, TensorPlan, plan,
+                                  recipe)
 from qviz.io.gguf_writer import (FILE_TYPES, FLOAT_FILE_TYPES, FLOAT_TYPES, NEVER_QUANTIZED, Requantized,
                                  check_types, file_type, requantize, requested_type, type_names)
 
@@ -25,4 +30,12 @@ __all__ = ["read", "requantize", "Requantized", "GGUFError", "GGUFFile", "Tensor
            "storage_type", "PLAIN_DTYPES", "SUPPORTED_VERSIONS", "MAX_DIMS", "MAX_NESTING",
            "LIST_MAX_ITEMS", "FLOAT_TYPES",
            "FLOAT_FILE_TYPES", "FILE_TYPES", "NEVER_QUANTIZED", "check_types", "file_type",
-           "requested_type", "type_names"]
+           "requested_type", "type_names", "plan", "recipe", "Recipe", "RecipePlan", "TensorPlan",
+           "RECIPES", "ALIASES", "FALLBACKS"]
+
+try:  # the imatrix file reader/writer (qviz.io.imatrix), where this qviz has it
+    from qviz.io.imatrix import read_imatrix, write_imatrix
+except ImportError:  # pragma: no cover - until qviz.io.imatrix is committed
+    pass
+else:
+    __all__ += ["read_imatrix", "write_imatrix"]

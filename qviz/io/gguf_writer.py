@@ -28,6 +28,7 @@ import numpy as np
 from gguf import GGUFValueType
 
 from qviz import registry
+from qviz.io import gguf_recipes
 from qviz.io.gguf_reader import GGUFFile, TensorInfo, read, storage_type
 from qviz.quantizers import resolve_type
 
@@ -279,10 +280,12 @@ def _encode(src: GGUFFile, info: TensorInfo, type_name: str, imatrix) -> np.ndar
         raise type(e)(f"tensor {info.name!r}: {e}") from e
 
 
-def _write_metadata(src: GGUFFile, plan: list[_Step], kv: dict, path: Path) -> None:
+def _write_metadata(src: GGUFFile, plan: list[_Step], kv: dict, path: Path,
+                    file_type_id: int | None = None) -> None:
     """Copy every metadata value of ``src`` into ``kv`` byte for byte; set the two keys requantize owns.
 
-    ``general.file_type`` names the type that holds most quantized weights.
+    ``general.file_type`` names the type that holds most quantized weights
+    (a recipe's own file type, ``file_type_id``, when one is given).
     When that type has no file type, the copied key would be wrong, so it is
     dropped (llama.cpp then guesses the file type from the tensors) and a
     warning is logged. With nothing quantized the source's key stays.
@@ -293,7 +296,7 @@ def _write_metadata(src: GGUFFile, plan: list[_Step], kv: dict, path: Path) -> N
         vtype, raw = src.encoded(key)
         kv[key] = GGUFValue(_Encoded(raw), vtype)
     mostly = _mostly(plan)
-    ftype = None if mostly is None else file_type(mostly)
+    ftype = file_type_id if file_type_id is not None else None if mostly is None else file_type(mostly)
     if ftype is not None:
         kv["general.file_type"] = GGUFValue(ftype, GGUFValueType.UINT32)
     elif mostly is not None:
@@ -303,7 +306,8 @@ def _write_metadata(src: GGUFFile, plan: list[_Step], kv: dict, path: Path) -> N
     kv["general.quantization_version"] = GGUFValue(gguf.GGML_QUANT_VERSION, GGUFValueType.UINT32)
 
 
-def _write(src: GGUFFile, plan: list[_Step], path: Path, imatrix: dict, progress: bool) -> None:
+def _write(src: GGUFFile, plan: list[_Step], path: Path, imatrix: dict, progress: bool,
+           file_type_id: int | None = None) -> None:
     """Write the planned tensors of ``src`` and its metadata to ``path``."""
     from tqdm.auto import tqdm
 
@@ -311,7 +315,7 @@ def _write(src: GGUFFile, plan: list[_Step], path: Path, imatrix: dict, progress
     writer = _CopyingWriter(path, arch if isinstance(arch, str) else "")
     try:
         writer.data_alignment = src.alignment
-        _write_metadata(src, plan, writer.kv_data[0], path)
+        _write_metadata(src, plan, writer.kv_data[0], path, file_type_id)
         for info, type_name, _ in plan:
             st = storage_type(type_name)
             # the element shape: with a raw_dtype, GGUFWriter takes a non-uint8 shape as is
@@ -418,8 +422,66 @@ def _warn_unused_imatrix(plan: list[_Step], weights: dict) -> None:
                       UserWarning, stacklevel=3)
 
 
-def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=None,
-               fallback: bool = True, progress: bool = False) -> Requantized:
+def _recipe_of(types, recipe, options: dict) -> str | None:
+    """The recipe ``requantize`` was asked for (by ``recipe=`` or a recipe name as ``types``), or None."""
+    if recipe is not None:
+        if types is not None:
+            raise ValueError(f"give types={types!r} or recipe={recipe!r}, not both (a recipe decides "
+                             f"every tensor's type; tensor_types= overrides it for some)")
+        return gguf_recipes.recipe(recipe).name
+    if isinstance(types, str):
+        try:
+            registry.resolve_name(types, type_names(), "type")
+        except ValueError:
+            if types.casefold() in {r.casefold() for r in gguf_recipes.RECIPES}:
+                return gguf_recipes.recipe(types).name  # else check_types names the closest types
+    if types is None:
+        raise TypeError("requantize needs types= (a type such as 'Q4_K', or patterns -> types) or "
+                        "recipe= (a llama-quantize file type such as 'Q4_K_M')")
+    given = [k for k, v in options.items() if v not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to a llama-quantize recipe (recipe='Q4_K_M', ...); "
+                         f"with types={types!r} every matched weight gets its type as given")
+    return None
+
+
+def _read_imatrix_file(path) -> dict:
+    """An imatrix file as name -> importance vector (:func:`qviz.io.imatrix.read_imatrix`)."""
+    try:
+        from qviz.io.imatrix import read_imatrix
+    except ImportError:  # qviz.io.imatrix not there yet
+        raise NotImplementedError(f"reading the imatrix file {os.fspath(path)!r} needs "
+                                  f"qviz.io.imatrix.read_imatrix, which this qviz lacks; pass a mapping "
+                                  f"of tensor names to importance vectors instead") from None
+    return dict(read_imatrix(path))
+
+
+def _recipe_steps(src: GGUFFile, table, imatrix, allow_requantize: bool) -> list[_Step]:
+    """A recipe's plan as requantize's steps, refusing what llama-quantize refuses before writing."""
+    steps = []
+    for info, row in zip(src.tensors, table.rows):
+        if row.needs_imatrix and (imatrix is None or row.name not in imatrix):
+            raise ValueError(f"{table.recipe.name}: {row.name!r} becomes {row.type}, which llama-quantize "
+                             f"refuses to write without an importance matrix for it (\"this quantization "
+                             f"requires an imatrix\"); pass imatrix= (a file of llama-imatrix, or "
+                             f"qviz.io.calib.imatrix)")
+        if row.converted and row.source_type not in FLOAT_TYPES and row.source_type != "BF16" \
+                and not allow_requantize:
+            raise ValueError(f"{row.name!r} is already quantized ({row.source_type}); re-quantizing it "
+                             f"loses more than quantizing the original weights. llama-quantize refuses "
+                             f"this unless told: pass allow_requantize=True")
+        if row.converted and row.type not in FLOAT_TYPES and row.type not in registry.types():
+            raise ValueError(f"{table.recipe.name}: {row.name!r} gets {row.type} ({row.why}), a type qviz "
+                             f"cannot write yet (registered: {', '.join(registry.types())})")
+        steps.append(_Step(info, row.type, row.converted))
+    return steps
+
+
+def requantize(src: str | os.PathLike, dst: str | os.PathLike, types=None, imatrix=None,
+               fallback: bool = True, progress: bool = False, *, recipe: str | None = None,
+               pure: bool = False, output_tensor_type: str | None = None,
+               token_embedding_type: str | None = None, tensor_types=None,
+               leave_output_tensor: bool = False, allow_requantize: bool = False) -> Requantized:
     """Write a copy of a GGUF file with its weight matrices re-quantized by qviz.
 
     Every tensor of two or more dimensions whose name ends in ``weight`` is
@@ -448,10 +510,15 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=No
         case-insensitive spelling such as ``"q4_k"`` works too) or
         ``"F16"``/``"F32"``. A pattern that decides no tensor's type gives a
         ``UserWarning`` and is listed in the result's ``unmatched``.
-    imatrix : mapping of str to ndarray, shape (n_cols,), float32, optional
+        A name that is not a type but a llama-quantize recipe (``"Q4_K_M"``,
+        ``"IQ2_M"``, ``"Q3_K_L"``, :data:`qviz.io.gguf_recipes.RECIPES`) means
+        ``recipe=`` that name.
+    imatrix : mapping of str to ndarray, shape (n_cols,), float32, or path, optional
         Importance vectors (llama.cpp imatrix) of tensors by name
-        (:func:`qviz.io.calib.imatrix` makes one). An entry for a tensor that
-        is not quantized (copied, or stored as F16/F32) gives a ``UserWarning``.
+        (:func:`qviz.io.calib.imatrix` makes one), or the path of an imatrix
+        file (read with :func:`qviz.io.imatrix.read_imatrix`). An entry for a
+        tensor that is not quantized (copied, or stored as F16/F32) gives a
+        ``UserWarning``.
     fallback : bool
         For rows that are not a multiple of a type's block, use the type
         llama-quantize falls back to (F16 when that does not fit either);
@@ -459,6 +526,22 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=No
         written.
     progress : bool
         Show a progress bar (tqdm).
+    recipe : str, optional
+        A llama-quantize file type instead of ``types`` (needed for the names
+        that are also one type: ``recipe="Q8_0"``, ``recipe="Q6_K"``): each
+        tensor's type then follows llama.cpp's rules
+        (:func:`qviz.io.gguf_recipes.plan` shows them), a tensor already of its
+        type is copied unchanged, only the tensors llama-quantize quantizes
+        are, and ``general.file_type`` is the recipe's.
+    pure, output_tensor_type, token_embedding_type, tensor_types, leave_output_tensor
+        llama-quantize's ``--pure``, ``--output-tensor-type``,
+        ``--token-embedding-type``, ``--tensor-type`` (regex -> type) and
+        ``--leave-output-tensor``, for a recipe only (see
+        :func:`qviz.io.gguf_recipes.plan`).
+    allow_requantize : bool
+        ``--allow-requantize``, for a recipe only: without it a recipe refuses
+        a source tensor that is already quantized (as llama-quantize does);
+        ``types`` always re-quantizes.
 
     Returns
     -------
@@ -494,10 +577,29 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=No
     if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(src, dst)):
         raise ValueError(f"dst {str(dst)!r} is the source file itself; requantize writes a "
                          f"new file: choose another destination")
-    types = check_types(types)
+    recipe = _recipe_of(types, recipe, {"pure": pure, "output_tensor_type": output_tensor_type,
+                                        "token_embedding_type": token_embedding_type,
+                                        "tensor_types": tensor_types,
+                                        "leave_output_tensor": leave_output_tensor,
+                                        "allow_requantize": allow_requantize})
+    if recipe is None:
+        types = check_types(types)
+    if gguf_recipes.checked_imatrix_path(imatrix):
+        imatrix = _read_imatrix_file(imatrix)
+    file_type_id = None
     with read(src) as f:
-        plan, unmatched = _plan(f, types, fallback)
-        weights = _check_imatrix(f, imatrix)
+        if recipe is None:
+            plan, unmatched = _plan(f, types, fallback)
+            weights = _check_imatrix(f, imatrix)
+        else:
+            weights = _check_imatrix(f, imatrix)
+            table = gguf_recipes.plan(f, recipe, pure=pure, output_tensor_type=output_tensor_type,
+                                      token_embedding_type=token_embedding_type,
+                                      tensor_types=tensor_types, leave_output_tensor=leave_output_tensor,
+                                      imatrix=None if imatrix is None else weights)
+            plan, unmatched = _recipe_steps(f, table, weights if imatrix is not None else None,
+                                            allow_requantize), ()
+            file_type_id = table.recipe.file_type
         if unmatched:
             warnings.warn(f"requantize: the pattern(s) {', '.join(map(repr, unmatched))} decide "
                           f"no tensor of {src.name} (they match no weight matrix, or an earlier "
@@ -508,7 +610,7 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types, imatrix=No
         tmp = _part(dst)
         with _locked(tmp), _sigterm_raises():
             try:
-                _write(f, plan, tmp, weights, progress)
+                _write(f, plan, tmp, weights, progress, file_type_id)
                 os.replace(tmp, dst)
             except BaseException:
                 tmp.unlink(missing_ok=True)
