@@ -247,7 +247,7 @@ def _finite(a, what: str, dtype, nonneg: bool = False) -> np.ndarray:
     if bad.any():
         i = np.unravel_index(int(np.argmax(bad)), a.shape)
         kind = "non-negative finite" if nonneg else "finite"
-        raise ValueError(f"{what}{list(i)} = {a[i]!r}: values must be {kind} (squared activations and "
+        raise ValueError(f"{what}{list(i)} = {float(a[i])}: values must be {kind} (squared activations and "
                          f"counts cannot be {'negative, ' if nonneg else ''}NaN or infinite)")
     return a
 
@@ -436,7 +436,7 @@ def _read_legacy(buf: bytes, source: str) -> Imatrix:
         bad = ~np.isfinite(v) | (v < 0)
         if bad.any():
             j = int(np.argmax(bad))
-            raise ImatrixError(f"{source}: {entry}'s value {j} at byte {pos + 4 * j} is {v[j]!r}; "
+            raise ImatrixError(f"{source}: {entry}'s value {j} at byte {pos + 4 * j} is {float(v[j])}; "
                                f"importance values are finite and non-negative", pos + 4 * j)
         pos += 4 * nval
         sums[name], counts[name] = v[None], np.array([ncall], dtype=np.int32)
@@ -482,6 +482,11 @@ def _read_gguf(path: Path) -> Imatrix:
         if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
             raise ImatrixError(f"{source}: metadata {KEY_DATASETS!r} must be an array of strings, "
                                f"got {type(datasets).__name__}")
+        end = max((t.offset + t.n_bytes + _pad(t.n_bytes) for t in f.tensors), default=f.data_offset)
+        size = path.stat().st_size
+        if size < end:  # ggml reads every tensor's padding too, the last one's included
+            raise ImatrixError(f"{source}: the data section ends at byte {end} (padding included) but the "
+                               f"file has {size} bytes; the file is truncated", size)
         parts: dict[str, dict[str, gguf_reader.TensorInfo]] = {}
         for info in f.tensors:
             for suffix in (SUM2, COUNTS, SUM):
@@ -529,7 +534,7 @@ def _checked(f, info, shape: tuple, source: str, nonneg: bool) -> np.ndarray:
     if bad.any():
         j = int(np.argmax(bad))
         raise ImatrixError(f"{source}: tensor {info.name!r} value {j} at byte {info.offset + 4 * j} is "
-                           f"{flat[j]!r}; it must be finite{' and non-negative' if nonneg else ''}",
+                           f"{float(flat[j])}; it must be finite{' and non-negative' if nonneg else ''}",
                            info.offset + 4 * j)
     return a
 
