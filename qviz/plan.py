@@ -157,7 +157,8 @@ def type_options(w, candidates=None, imatrix=None) -> list[Option]:
     w : array_like, shape (n_rows, n_cols)
         The weight (float).
     candidates : list of str, optional
-        GGUF types (default: every registered type, :func:`qviz.registry.types`). Each
+        GGUF types (default: every registered type, :func:`qviz.registry.types`,
+        less those that need an importance matrix when ``imatrix`` is None). Each
         resolves to the type its rows really get (llama-quantize's fallback);
         one that fits neither way is left out, and so is a repeated type.
     imatrix : array_like, shape (n_cols,), optional
@@ -188,7 +189,7 @@ def type_options(w, candidates=None, imatrix=None) -> list[Option]:
             real = resolve_type(name, w.shape[1], fallback=True)
         except ValueError:  # neither the type nor its fallback divides the rows
             continue
-        if real in seen:
+        if real in seen or (im is None and candidates is None and registry.quant_type(real).requires_imatrix):
             continue
         seen.add(real)
         r = quantize(w, real, imatrix=im)

@@ -19,6 +19,9 @@ def quantize(type_name: str, x: np.ndarray, imatrix: np.ndarray | None = None) -
     from qviz.formats.spec import layout
 
     lay = layout(type_name)
+    if imatrix is None and ggml.ggml_quantize_requires_imatrix(lay.ggml_type):
+        raise ValueError(f"ggml aborts the process (GGML_ASSERT) quantizing {type_name} without an "
+                         f"importance matrix: pass one")
     x = np.ascontiguousarray(x, dtype=np.float32)
     n_rows, n_cols = x.shape
     out = np.zeros((n_rows, lay.row_bytes(n_cols)), dtype=np.uint8)

@@ -18,7 +18,10 @@ def real_rows():
 @pytest.mark.parametrize("name", TYPES)
 def test_quantize_gives_ggml_bytes_and_a_full_result(name, real_rows):
     im = qviz.imatrix(np.random.default_rng(0).standard_normal((64, 1536)).astype(np.float32))
-    for imatrix in (None, im):
+    if FORMATS[name].requires_imatrix:  # llama-quantize refuses these without one; so does qviz
+        with pytest.raises(ValueError, match=f"{name} needs an importance matrix.*Missing importance matrix"):
+            qviz.quantize(real_rows, name)
+    for imatrix in (im,) if FORMATS[name].requires_imatrix else (None, im):
         r = qviz.quantize(real_rows, name, imatrix=imatrix)
         ggml_oracle.assert_blocks_equal(name, r.packed, ggml_oracle.quantize(name, real_rows, imatrix))
     lay = FORMATS[name]

@@ -124,3 +124,35 @@ def test_bad_input(tmp_path):
         explore_gguf(tensor="blk.0.attn_qq.weight")
     with pytest.raises(ValueError, match="unknown GGUF type 'Q7_K'"):
         explore_gguf(type="Q7_K")
+
+
+def test_the_file_recipe_is_drawn_by_layer_and_role(smollm2):
+    heat = smollm2.recipe.data[0]
+    f = smollm2.views.f
+    roles = list(heat.y)
+    assert "attn_v" in roles and "ffn_down" in roles and len(heat.x) == 30
+    for t in f.tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            _, layer, role, _ = t.name.split(".")
+            assert heat.text[roles.index(role)][list(heat.x).index(int(layer))] == t.type_name
+    assert "token_embd" in smollm2.recipe.layout.title.text
+
+
+def test_an_imatrix_weights_requantizing_and_is_drawn(tmp_path):
+    f = qviz.gguf.read(qviz.demo.smollm2_gguf())
+    name = "blk.0.ffn_down.weight"
+    n_cols = f.tensor(name).shape[-1]
+    im = {name: np.random.default_rng(0).uniform(0.01, 5, n_cols).astype(np.float32)}
+    path = tmp_path / "imatrix.gguf"
+    qviz.gguf.write_imatrix(path, im)
+    ex = explore_gguf(path=None, tensor=name, type="IQ2_XXS", imatrix=path)  # IQ2_XXS needs one
+    assert ex.message.value == "" and "IQ2_XXS" in ex.metrics.value
+    assert ex._importance_box.layout.display == "" and list(ex.importance.data[0].y) == im[name].tolist()
+    w = ex.views.stored(name).weight
+    want = qviz.quantize(w, "IQ2_XXS", imatrix=im[name])
+    assert np.array_equal(ex.views.requantized(name, "IQ2_XXS").summary.result.packed, want.packed)
+    ex.tensors.value = "blk.1.ffn_down.weight"  # no entry: no weighting drawn, and IQ2_XXS refuses
+    assert ex._importance_box.layout.display == "none"
+    assert "needs an importance matrix" in ex.message.value
+    with pytest.raises(ValueError, match="blk.0.ffn_dow.weight"):
+        explore_gguf(imatrix={"blk.0.ffn_dow.weight": im[name]})

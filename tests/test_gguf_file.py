@@ -600,9 +600,12 @@ def test_requantize_every_format_equals_ggml(type_name, tmp_path):
     x = np.random.default_rng(4).standard_normal((6, 512)).astype(np.float32)  # 512: every block divides
     src = tmp_path / "w512.gguf"
     write_gguf(src, {"blk.0.attn_q.weight": (x, T.F32)}, metadata=False)
-    assert requantize(src, tmp_path / "out.gguf", type_name) == {"blk.0.attn_q.weight": type_name}
+    im = np.random.default_rng(5).uniform(0.1, 3, 512).astype(np.float32) if t.requires_imatrix else None
+    imatrix = None if im is None else {"blk.0.attn_q.weight": im}
+    written = requantize(src, tmp_path / "out.gguf", type_name, imatrix=imatrix)
+    assert written == {"blk.0.attn_q.weight": type_name}
     with read(tmp_path / "out.gguf") as f:
-        np.testing.assert_array_equal(f.raw("blk.0.attn_q.weight"), ggml_quantize(type_name, x))
+        np.testing.assert_array_equal(f.raw("blk.0.attn_q.weight"), ggml_quantize(type_name, x, im))
         assert f.metadata["general.file_type"] == int(FILE_TYPES[type_name])
 
 

@@ -24,14 +24,15 @@ OVERFLOW_FROM = {"Q4_0": 1e6, "Q8_0": 1e7, "Q4_K": 1e7, "Q2_K": 1e7, "Q3_K": 1e7
 def test_a_scale_beyond_fp16_is_an_error_naming_row_and_block(w, name, factor):
     """Never inf/NaN, never the all-zero blocks Q3_K/Q6_K's searches return there: an error."""
     big = w * np.float32(factor)
+    im = np.ones(256, np.float32) if registry.quant_type(name).requires_imatrix else None
     fp16_scales = registry.quant_type(name).scale_max <= 65504  # E8M0 scales (MXFP4) reach 2**127
     if factor >= OVERFLOW_FROM.get(name, 1e20 if fp16_scales else np.inf):
         with pytest.raises(ValueError, match=r"row \d+, block \d+ \(columns \d+\.\.\d+\) reaches .*"
                                              r"beyond \S+'s [0-9.e+]+"):
-            qviz.quantize(big, name)
+            qviz.quantize(big, name, imatrix=im)
         return
     try:
-        r = qviz.quantize(big, name)
+        r = qviz.quantize(big, name, imatrix=im)
     except ValueError as e:
         assert f"beyond {registry.quant_type(name).scale_format}'s" in str(e)
     else:

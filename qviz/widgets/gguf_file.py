@@ -22,6 +22,8 @@ import numpy as np
 from qviz import registry
 from qviz.api import quantize
 from qviz.io import demo, gguf
+from qviz.io.imatrix import check_imatrix_for, read_imatrix
+from qviz.plots.gguf import importance_curve, recipe_map
 from qviz.plots.layer import metrics_html, scale_heatmap, weight_histogram
 from qviz.session import fallback_note
 from qviz.summary import summarize, weight_stats
@@ -76,10 +78,13 @@ class TensorViews:
     Parameters
     ----------
     f : GGUFFile
+    imatrix : mapping of str to ndarray (n_cols,), float32, optional
+        Importance vectors by tensor name, used when requantizing a tensor that has one.
     """
 
-    def __init__(self, f):
+    def __init__(self, f, imatrix=None):
         self.f = f
+        self.imatrix = {} if imatrix is None else imatrix
         self._stored: OrderedDict = OrderedDict()
         self._requantized: OrderedDict = OrderedDict()
 
@@ -124,7 +129,7 @@ class TensorViews:
         w, stats, _ = self.stored(name)
         if stats is None:
             raise ValueError(f"{name} is 1-D: requantize keeps such tensors as they are")
-        r = quantize(w, type_name, fallback=True)
+        r = quantize(w, type_name, fallback=True, imatrix=self.imatrix.get(name))
         summary = summarize(r, w, stats)
         return self._remember(self._requantized, key,
                               Requantized(summary, type_name, fallback_note(r) or ""))
@@ -144,6 +149,11 @@ def _file_html(f) -> str:
     return (f"<div class='qviz-gguf-file'><b>{html.escape(Path(str(f.path)).name)}</b> "
             f"{html.escape(str(name))} ({html.escape(str(arch))}), GGUF v{f.version}: "
             f"{len(f.tensors)} tensors, {_human(size)}; {html.escape(types)}</div>")
+
+
+def file_recipe(f) -> list[tuple[str, str, float, int]]:
+    """(name, type, bits per weight, weights) of every tensor of two or more dimensions in ``f``."""
+    return [(t.name, t.type_name, t.bits_per_weight, t.n_elements) for t in f.tensors if len(t.shape) >= 2]
 
 
 def _requant_html(info, req: Requantized) -> str:
@@ -168,16 +178,20 @@ class GGUFExplorer(widgets.VBox):
         The tensor table; its value is the picked tensor's name.
     type : ipywidgets.Dropdown
         The type to requantize to.
+    recipe : FigureView
+        The file's recipe: the type of every weight matrix by layer and role.
     blocks, histogram : FigureView
         The stored block scales and mins (heatmaps); the decoded weights with
         the requantized ones and one group's levels (histogram).
+    importance : FigureView
+        The picked tensor's imatrix weighting (empty without an imatrix entry).
     tensor_info, metrics, message : ipywidgets.HTML
         The picked tensor; the requantize panel (contains "<bpw> bits per
         weight"); empty or what went wrong (:meth:`show_error`).
     """
 
-    def __init__(self, f, tensor: str | None = None, type_name: str = "Q4_K"):
-        self.views = TensorViews(f)
+    def __init__(self, f, tensor: str | None = None, type_name: str = "Q4_K", imatrix=None):
+        self.views = TensorViews(f, imatrix)
         self.labels = tensor_labels(f.table())
         self.filter = widgets.Text(placeholder="filter names, e.g. blk.3.", description="filter")
         self.tensors = widgets.Select(options=self.labels, value=tensor or _first_tensor(f), rows=12,
@@ -190,12 +204,16 @@ class GGUFExplorer(widgets.VBox):
         self.message = widgets.HTML()
         self.histogram = FigureView()
         self.blocks = FigureView()
+        self.recipe = FigureView()
+        self.importance = FigureView()
+        self._importance_box = widgets.Box([self.importance], layout=widgets.Layout(display="none"))
         self._drawn: dict[str, object] = {}  # what blocks and the requantize panel show now
         style = widgets.HTML("<style>.qviz-gguf-tensors select {font-family: monospace;"
                              " font-size: 12px; white-space: pre}</style>")
-        super().__init__([style, widgets.HTML(_file_html(f)), self.filter, self.tensors,
-                          self.message, self.tensor_info, self.blocks, self.type, self.metrics,
-                          self.histogram])
+        super().__init__([style, widgets.HTML(_file_html(f)), self.recipe, self.filter, self.tensors,
+                          self.message, self.tensor_info, self.blocks, self._importance_box, self.type,
+                          self.metrics, self.histogram])
+        self.recipe.draw(recipe_map(file_recipe(f), title=f"The recipe of {Path(str(f.path)).name}"))
         self.add_class("qviz-gguf")
         self.filter.observe(self._on_filter, names="value")
         self.tensors.observe(self._on_tensor, names="value")
@@ -260,6 +278,10 @@ class GGUFExplorer(widgets.VBox):
         else:
             self.blocks.draw(scale_heatmap(stored))
         self._drawn["blocks"] = name
+        has = name in self.views.imatrix
+        self._importance_box.layout.display = "" if has else "none"
+        if has:
+            self.importance.draw(importance_curve(self.views.imatrix[name], name))
         self.show_requantized()
 
     def show_requantized(self) -> None:
@@ -280,7 +302,7 @@ class GGUFExplorer(widgets.VBox):
         self._drawn["requantized"] = (name, type_name)
 
 
-def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K") -> GGUFExplorer:
+def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K", imatrix=None) -> GGUFExplorer:
     """Explore a GGUF file: its tensor table, each tensor's blocks, and other types.
 
     Pick a tensor to see its decoded weights (histogram) and its stored block
@@ -298,6 +320,10 @@ def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K") -> GG
         at most 4M weights).
     type : str
         The type to requantize to first, a name of :func:`qviz.registry.types`.
+    imatrix : path or mapping of str to ndarray (n_cols,), float32, optional
+        An importance matrix (llama.cpp imatrix file, either format, or vectors by
+        tensor name, :func:`qviz.gguf.read_imatrix`): the picked tensor's weighting
+        is drawn and requantizing uses it (the types that need one: IQ2_XXS, IQ2_XS, IQ1_S).
 
     Returns
     -------
@@ -324,4 +350,8 @@ def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K") -> GG
     f = gguf.read(demo.smollm2_gguf() if path is None else path)
     if tensor is not None:
         f.tensor(tensor)  # KeyError naming the closest names
-    return GGUFExplorer(f, tensor, type)
+    if isinstance(imatrix, (str, os.PathLike)):
+        imatrix = read_imatrix(imatrix)
+    if imatrix is not None:
+        check_imatrix_for(f, imatrix)  # ValueError naming a tensor this model lacks or a wrong length
+    return GGUFExplorer(f, tensor, type, imatrix)
