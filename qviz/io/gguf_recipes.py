@@ -50,7 +50,8 @@ from qviz import registry
 from qviz.io.gguf_reader import GGUFFile, TensorInfo, read
 
 __all__ = ["Recipe", "RECIPES", "ALIASES", "FALLBACKS", "TensorPlan", "RecipePlan", "plan", "recipe",
-           "category", "allows_quantization", "use_more_bits", "requires_imatrix", "ggml_type_names"]
+           "category", "allows_quantization", "use_more_bits", "requires_imatrix", "ggml_type_names",
+           "checked_imatrix_path"]
 
 
 class Recipe(NamedTuple):

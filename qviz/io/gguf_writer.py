@@ -12,6 +12,7 @@ records (:func:`file_type`).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
 import logging
 import os
@@ -583,7 +584,15 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types=None, imatr
                                         "leave_output_tensor": leave_output_tensor,
                                         "allow_requantize": allow_requantize})
     if recipe is None:
-        types = check_types(types)
+        try:
+            types = check_types(types)
+        except ValueError as e:
+            near = difflib.get_close_matches(str(types).upper(), list(gguf_recipes.RECIPES), n=2, cutoff=0.75) \
+                if isinstance(types, str) else []
+            if near:
+                raise ValueError(f"{e}; or the llama-quantize recipe {' or '.join(map(repr, near))}? "
+                                 f"(recipe=, qviz.gguf.RECIPES)") from None
+            raise
     if gguf_recipes.checked_imatrix_path(imatrix):
         imatrix = _read_imatrix_file(imatrix)
     file_type_id = None
