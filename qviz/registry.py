@@ -33,6 +33,7 @@ Examples
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import importlib
@@ -475,7 +476,10 @@ TYPE_OPTIONS = (
 
 
 def _type_method(t: QuantType) -> Method:
-    return Method(t.name, t.name, "qviz.quantizers:quantize_type", TYPE_OPTIONS,
+    options = TYPE_OPTIONS
+    if t.requires_imatrix:  # IQ2_XXS, IQ2_XS, IQ1_S: llama-quantize refuses them without one
+        options = (dataclasses.replace(TYPE_OPTIONS[0], optional=False), *TYPE_OPTIONS[1:])
+    return Method(t.name, t.name, "qviz.quantizers:quantize_type", options,
                   quant_type=t, fixed={"name": t.name},
                   quantlinear="torch" in t.twins)
 

@@ -61,9 +61,11 @@ def control_options(method: str) -> tuple[Option, ...]:
 
     The option whose role is ``"importance"`` is shown as :data:`IMATRIX`, an
     on/off switch: the explorers compute the importance from the layer's
-    activations.
+    activations. It starts on where the method cannot do without it (IQ2_XXS,
+    IQ2_XS, IQ1_S).
     """
-    return tuple(IMATRIX if o.role == "importance" else o for o in registry.method(method).controls)
+    return tuple((IMATRIX if o.optional else dataclasses.replace(IMATRIX, default=True))
+                 if o.role == "importance" else o for o in registry.method(method).controls)
 
 
 def method_options(method: str) -> dict[str, object]:

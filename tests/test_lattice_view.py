@@ -63,3 +63,12 @@ def test_other_types_draw_no_runs():
     d = group_detail(qviz.quantize(w, "Q4_K"), w, 0, 0)
     assert d.lattice is None
     assert all(t.name != "grid point" for t in group_figure(d).data)
+
+
+def test_the_explorer_turns_the_imatrix_on_for_types_that_need_one():
+    from qviz.session import control_options
+
+    assert next(o for o in control_options("IQ2_XXS") if o.name == "imatrix").default is True
+    assert next(o for o in control_options("IQ4_XS") if o.name == "imatrix").default is False
+    ex = qviz.explore(qviz.demo.layer("encoder.layer.0.output.dense"), method="IQ2_XXS")  # 1536 wide
+    assert ex.message.value == "" and "2.062 bits per weight (IQ2_XXS)" in ex.metrics.value
