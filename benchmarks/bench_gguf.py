@@ -44,6 +44,9 @@ from qviz import registry  # noqa: E402
 from qviz.formats.spec import FORMATS  # noqa: E402
 
 
+NAN = float("nan")
+
+
 def has_kernel(type_name: str) -> bool:
     """Whether the type's record lists a numba twin."""
     return "numba" in registry.quant_type(type_name).twins
@@ -84,12 +87,13 @@ def worker(types: list[str], rows: int, cols: int, repeats: int) -> dict:
     for t in types:
         quantize = registry.quant_type(t).function("quantize", "numba")
         dequantize = registry.quant_type(t).function("dequantize", "numba")
-        packed = oracle.quantize(t, x)
+        needs = registry.quant_type(t).requires_imatrix  # ggml aborts these without one: no plain timing
+        packed = oracle.quantize(t, x, imatrix if needs else None)
         out[t] = {
-            "cold_quantize": first_call_seconds(lambda: quantize(x[:1])),
+            "cold_quantize": NAN if needs else first_call_seconds(lambda: quantize(x[:1])),
             "cold_quantize_imatrix": first_call_seconds(lambda: quantize(x[:1], imatrix)),
             "cold_dequantize": first_call_seconds(lambda: dequantize(packed[:1])),
-            "quantize": median_seconds(lambda: quantize(x), repeats),
+            "quantize": NAN if needs else median_seconds(lambda: quantize(x), repeats),
             "quantize_imatrix": median_seconds(lambda: quantize(x, imatrix), repeats),
             "dequantize": median_seconds(lambda: dequantize(packed), repeats),
         }
@@ -114,14 +118,15 @@ def reference_times(types: list[str], rows: int, cols: int, repeats: int) -> dic
     x, imatrix = test_data(rows, cols)
     out = {}
     for t in types:
-        packed = oracle.quantize(t, x)
+        needs = registry.quant_type(t).requires_imatrix
+        packed = oracle.quantize(t, x, imatrix if needs else None)
         qtype = GGMLQuantizationType(FORMATS[t].ggml_type)
         try:
             gguf_dq = median_seconds(lambda: gguf_dequantize(packed, qtype), repeats)
         except NotImplementedError:
             gguf_dq = float("nan")
         out[t] = {
-            "quantize": median_seconds(lambda: oracle.quantize(t, x), repeats),
+            "quantize": NAN if needs else median_seconds(lambda: oracle.quantize(t, x), repeats),
             "quantize_imatrix": median_seconds(lambda: oracle.quantize(t, x, imatrix), repeats),
             "dequantize": median_seconds(lambda: oracle.dequantize(t, packed, cols), repeats),
             "gguf_dequantize": gguf_dq,
