@@ -250,9 +250,7 @@ def requires_imatrix(name: str, type_name: str, recipe_name: str) -> bool:
     >>> requires_imatrix("blk.0.ffn_up.weight", "Q2_K", "Q2_K_S"), requires_imatrix("output.weight", "IQ2_XS", "IQ2_XS")
     (True, False)
     """
-    if category(name) in ("token_embd", "output") and name != "per_layer_token_embd.weight":
-        return False
-    if name == "per_layer_token_embd.weight":
+    if category(name) in ("token_embd", "output"):
         return False
     return type_name in _NEEDS_IMATRIX or (type_name == "Q2_K" and recipe_name == "Q2_K_S")
 
