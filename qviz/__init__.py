@@ -25,6 +25,7 @@ _FUNCTIONS = {
     "qviz.registry": ("methods", "types", "register_type", "register_method"),
     "qviz.result": ("QuantResult",),
     "qviz.io.calib": ("imatrix",),
+    "qviz.io.imatrix": ("read_imatrix", "write_imatrix"),
     "qviz.models.qlinear": ("to_quantized_modules",),
     "qviz.models.quantize_model": ("quantize_model",),
     "qviz.widgets.explore": ("explore",),

@@ -1,5 +1,7 @@
 """explore_gguf, headless: the table, the stored block parameters read from the raw bytes,
 the requantize panel against qviz.quantize + metrics, fallbacks, and errors shown in the widget."""
+import html
+
 import gguf
 import numpy as np
 import pytest
@@ -156,3 +158,25 @@ def test_an_imatrix_weights_requantizing_and_is_drawn(tmp_path):
     assert "needs an importance matrix" in ex.message.value
     with pytest.raises(ValueError, match="blk.0.ffn_dow.weight"):
         explore_gguf(imatrix={"blk.0.ffn_dow.weight": im[name]})
+
+
+def test_a_recipe_plan_is_drawn_and_picks_each_tensors_type():
+    ex = explore_gguf(tensor="blk.0.attn_v.weight", recipe="Q4_K_M")
+    plan = ex.plan
+    assert plan.recipe.name == "Q4_K_M" and "Q4_K_M for" in ex.recipe.layout.title.text
+    heat = ex.recipe.data[0]
+    roles, layers = list(heat.y), list(heat.x)
+    for r in plan.rows:
+        if r.name.startswith("blk.") and len(r.shape) == 2:
+            _, layer, role, _ = r.name.split(".")
+            assert heat.text[roles.index(role)][layers.index(int(layer))] == r.type
+    assert ex.type.value == plan["blk.0.attn_v.weight"].type
+    assert "Q4_K_M gives it" in ex.tensor_info.value and html.escape(plan["blk.0.attn_v.weight"].why) in \
+        ex.tensor_info.value
+    ex.tensors.value = "blk.5.ffn_up.weight"
+    assert ex.type.value == plan["blk.5.ffn_up.weight"].type and ex.message.value == ""
+    assert f"({plan['blk.5.ffn_up.weight'].type})" in ex.metrics.value
+    with pytest.raises(ValueError, match="Q4_K_MM"):
+        explore_gguf(recipe="Q4_K_MM")
+    with pytest.raises(TypeError, match="recipe must be a recipe name"):
+        explore_gguf(recipe=3)

@@ -7,8 +7,9 @@ described there); :func:`requantize` writes a copy of a file with its weight
 matrices re-quantized by qviz (:mod:`qviz.io.gguf_writer`), returning a
 :class:`Requantized` dict, one type for all weights or a llama-quantize
 recipe (``"Q4_K_M"``); :func:`plan` shows a recipe's per-tensor types and
-why, without writing (:mod:`qviz.io.gguf_recipes`). The reader knows nothing
-of the writer.
+why, without writing (:mod:`qviz.io.gguf_recipes`). :func:`read_imatrix` and
+:func:`write_imatrix` read and write llama.cpp's imatrix files, both formats
+(:mod:`qviz.io.imatrix`). The reader knows nothing of the writer.
 
 Examples
 --------
@@ -25,17 +26,13 @@ from qviz.io.gguf_recipes import (ALIASES, FALLBACKS, RECIPES, Recipe, RecipePla
                                   recipe)
 from qviz.io.gguf_writer import (FILE_TYPES, FLOAT_FILE_TYPES, FLOAT_TYPES, NEVER_QUANTIZED, Requantized,
                                  check_types, file_type, requantize, requested_type, type_names)
+from qviz.io.imatrix import (Imatrix, ImatrixError, check_imatrix_for, collect, from_vectors, read_imatrix,
+                             write_imatrix)
 
 __all__ = ["read", "requantize", "Requantized", "GGUFError", "GGUFFile", "TensorInfo", "StorageType",
            "storage_type", "PLAIN_DTYPES", "SUPPORTED_VERSIONS", "MAX_DIMS", "MAX_NESTING",
            "LIST_MAX_ITEMS", "FLOAT_TYPES",
            "FLOAT_FILE_TYPES", "FILE_TYPES", "NEVER_QUANTIZED", "check_types", "file_type",
            "requested_type", "type_names", "plan", "recipe", "Recipe", "RecipePlan", "TensorPlan",
-           "RECIPES", "ALIASES", "FALLBACKS"]
-
-try:  # the imatrix file reader/writer (qviz.io.imatrix), where this qviz has it
-    from qviz.io.imatrix import read_imatrix, write_imatrix
-except ImportError:  # pragma: no cover - until qviz.io.imatrix is committed
-    pass
-else:
-    __all__ += ["read_imatrix", "write_imatrix"]
+           "RECIPES", "ALIASES", "FALLBACKS", "Imatrix", "ImatrixError", "check_imatrix_for", "collect",
+           "from_vectors", "read_imatrix", "write_imatrix"]

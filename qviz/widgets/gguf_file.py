@@ -156,6 +156,12 @@ def file_recipe(f) -> list[tuple[str, str, float, int]]:
     return [(t.name, t.type_name, t.bits_per_weight, t.n_elements) for t in f.tensors if len(t.shape) >= 2]
 
 
+def plan_recipe(plan) -> list[tuple[str, str, float, int]]:
+    """(name, type, bits per weight, weights) of every tensor of two or more dimensions in a
+    :class:`~qviz.io.gguf_recipes.RecipePlan`."""
+    return [(r.name, r.type, r.bits_per_weight, r.n_elements) for r in plan.rows if len(r.shape) >= 2]
+
+
 def _requant_html(info, req: Requantized) -> str:
     r = req.summary.result
     change = (f"{info.type_name} {info.bits_per_weight:.4g} bpw, {_human(info.n_bytes)} → "
@@ -190,8 +196,9 @@ class GGUFExplorer(widgets.VBox):
         weight"); empty or what went wrong (:meth:`show_error`).
     """
 
-    def __init__(self, f, tensor: str | None = None, type_name: str = "Q4_K", imatrix=None):
+    def __init__(self, f, tensor: str | None = None, type_name: str = "Q4_K", imatrix=None, plan=None):
         self.views = TensorViews(f, imatrix)
+        self.plan = plan
         self.labels = tensor_labels(f.table())
         self.filter = widgets.Text(placeholder="filter names, e.g. blk.3.", description="filter")
         self.tensors = widgets.Select(options=self.labels, value=tensor or _first_tensor(f), rows=12,
@@ -213,7 +220,11 @@ class GGUFExplorer(widgets.VBox):
         super().__init__([style, widgets.HTML(_file_html(f)), self.recipe, self.filter, self.tensors,
                           self.message, self.tensor_info, self.blocks, self._importance_box, self.type,
                           self.metrics, self.histogram])
-        self.recipe.draw(recipe_map(file_recipe(f), title=f"The recipe of {Path(str(f.path)).name}"))
+        if plan is None:
+            self.recipe.draw(recipe_map(file_recipe(f), title=f"The recipe of {Path(str(f.path)).name}"))
+        else:
+            self.recipe.draw(recipe_map(plan_recipe(plan), title=f"{plan.recipe.name} for "
+                                                                  f"{Path(str(f.path)).name}, planned"))
         self.add_class("qviz-gguf")
         self.filter.observe(self._on_filter, names="value")
         self.tensors.observe(self._on_tensor, names="value")
@@ -231,7 +242,25 @@ class GGUFExplorer(widgets.VBox):
 
     @controls.shows_errors
     def _on_tensor(self, change) -> None:
+        planned = self.planned_type()
+        if planned is not None and planned != self.type.value:
+            self.type.unobserve(self._on_type, names="value")  # show_tensor draws it once
+            try:
+                self.type.value = planned
+            finally:
+                self.type.observe(self._on_type, names="value")
         self.show_tensor()
+
+    def planned_type(self) -> str | None:
+        """The type the plan gives the picked tensor, when there is a plan and it is a quant type."""
+        name = self.tensors.value
+        if self.plan is None or name is None:
+            return None
+        try:
+            row = self.plan[name]
+        except KeyError:
+            return None
+        return row.type if row.converted and row.type in registry.TYPES else None
 
     @controls.shows_errors
     def _on_type(self, change) -> None:
@@ -268,9 +297,15 @@ class GGUFExplorer(widgets.VBox):
         if name is None:
             return
         info = self.views.f.tensor(name)
+        planned = ""
+        if self.plan is not None and name in self.plan.types:
+            row = self.plan[name]
+            planned = (f"<br>{html.escape(self.plan.recipe.name)} gives it <b>{html.escape(row.type)}</b>: "
+                       f"{html.escape(row.why)}")
         self.tensor_info.value = (f"<b>{html.escape(name)}</b>: {info.type_name}, shape "
                                   f"{' × '.join(map(str, info.shape))}, "
-                                  f"{info.bits_per_weight:.4g} bits per weight, {_human(info.n_bytes)}")
+                                  f"{info.bits_per_weight:.4g} bits per weight, {_human(info.n_bytes)}"
+                                  f"{planned}")
         stored = self.views.stored(name).summary
         self.message.value = ""
         if stored is None:
@@ -302,7 +337,8 @@ class GGUFExplorer(widgets.VBox):
         self._drawn["requantized"] = (name, type_name)
 
 
-def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K", imatrix=None) -> GGUFExplorer:
+def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K", imatrix=None,
+                 recipe=None) -> GGUFExplorer:
     """Explore a GGUF file: its tensor table, each tensor's blocks, and other types.
 
     Pick a tensor to see its decoded weights (histogram) and its stored block
@@ -324,6 +360,11 @@ def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K", imatr
         An importance matrix (llama.cpp imatrix file, either format, or vectors by
         tensor name, :func:`qviz.gguf.read_imatrix`): the picked tensor's weighting
         is drawn and requantizing uses it (the types that need one: IQ2_XXS, IQ2_XS, IQ1_S).
+    recipe : str or RecipePlan, optional
+        A llama-quantize recipe (``"Q4_K_M"``, :data:`qviz.gguf.RECIPES`) or a plan made
+        with options (:func:`qviz.gguf.plan`): the map at the top shows its type for
+        every tensor instead of the file's own, and picking a tensor picks its planned
+        type and says which rule chose it.
 
     Returns
     -------
@@ -354,4 +395,8 @@ def explore_gguf(path=None, tensor: str | None = None, type: str = "Q4_K", imatr
         imatrix = read_imatrix(imatrix)
     if imatrix is not None:
         check_imatrix_for(f, imatrix)  # ValueError naming a tensor this model lacks or a wrong length
-    return GGUFExplorer(f, tensor, type, imatrix)
+    plan = gguf.plan(f, recipe, imatrix=imatrix) if isinstance(recipe, str) else recipe
+    if plan is not None and not isinstance(plan, gguf.RecipePlan):
+        raise TypeError(f"recipe must be a recipe name (one of qviz.gguf.RECIPES) or a "
+                        f"qviz.gguf.plan(...) result; got {recipe.__class__.__name__}")
+    return GGUFExplorer(f, tensor, type, imatrix, plan)
