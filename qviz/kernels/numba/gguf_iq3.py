@@ -28,80 +28,41 @@ from qviz.kernels.numba.search import JIT_OPTIONS, read_fp16, write_fp16  # also
 
 F32 = np.float32
 FLT_MAX = F32(np.finfo(F32).max)
+U2, U8, U255 = np.uint64(2), np.uint64(8), np.uint64(255)
+KEY_FLT_MAX = np.uint64(FLT_MAX.view(np.uint32)) << U8  # search keys from here up: no finite distance
+KEY_NONE = np.uint64(1) << np.uint64(62)
 SKIPPED = F32(-1.0)  # _sub_block's scale of a skipped sub-block (a real one is >= 0)
 TRIALS_XXS, TRIALS_S = N_TRIALS["IQ3_XXS"], N_TRIALS["IQ3_S"]  # trial steps -n..n
 
 
 @njit(**JIT_OPTIONS)
-def _best_neighbour(neighbours, coords, start, xval, waux, off, scale):
-    """ggml's ``iq3_find_best_neighbour``: the grid number, among the list at ``neighbours[start]``, of least
-    ``sum waux*(scale*q - xval)**2`` over the run ``xval[off:off+4]`` (``coords`` float32 (n, 4): q = 2l+1)."""
-    best_d2 = FLT_MAX
-    gi = -1
-    for j in range(1, np.int64(neighbours[start]) + 1):
-        p = np.int64(neighbours[start + j])
-        d2 = F32(0.0)
-        for i in range(RUN):
-            diff = scale * coords[p, i] - xval[off + i]
-            d2 += waux[off + i] * diff * diff
-        if d2 < best_d2:
-            best_d2 = d2
-            gi = p
-    return max(gi, 0)  # ggml aborts where no neighbour is finite
-
-
-@njit(**JIT_OPTIONS)
-def _round_run(xval, off, inv, L, lo):
-    """Levels ``clamp(nearest_int(0.5*(inv*xval - 1)), 0, 7)`` of the run at ``xval[off]`` into ``L[lo:lo+4]``;
-    returns their packed index."""
-    u = 0
-    for i in range(RUN):
-        l = max(0, min(KMAXQ - 1, nearest_int(F32(0.5) * (inv * xval[off + i] - F32(1.0)))))
-        L[lo + i] = l
-        u |= l << (3 * i)
-    return u
-
-
-@njit(**JIT_OPTIONS)
-def _to_grid(kmap, neighbours, coords, levels, xval, waux, k, scale, L, u):
-    """Run ``k`` of levels ``L`` (packed ``u``) onto the grid: its grid number (moving ``L`` if off it)."""
-    g = np.int64(kmap[u])
-    if g >= 0:
-        return g
-    g = _best_neighbour(neighbours, coords, -g - 1, xval, waux, RUN * k, scale)
-    for i in range(RUN):
-        L[RUN * k + i] = levels[g, i]
-    return g
-
-
-@njit(**JIT_OPTIONS)
-def _sums(weight, xval, L):
-    """ggml's ``sumqx = sum w*xval*q``, ``sumq2 = sum w*q*q`` (q = 2L+1), in order."""
-    sumqx = F32(0.0)
-    sumq2 = F32(0.0)
-    for i in range(QK):
-        w = weight[i]
-        q = F32(2 * L[i] + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
-    return sumqx, sumq2
-
-
-@njit(**JIT_OPTIONS)
-def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, grid, signs, waux, xval, L, Laux, on, on_aux):
+def _sub_block(xb, weight, xxs, kmap, cand_at, cand_n, cand_q, cand_g, coords, grid, signs, scr, Q, G, ON, U):
     """One sub-block (32,) with its error weights: writes grid (8,) int64 and signs (4,) int64, returns
-    the scale (float32 >= 0; SKIPPED for a sub-block skipped as all zero). The other arrays are scratch."""
+    the scale (float32 >= 0; SKIPPED for a sub-block skipped as all zero).
+
+    The other arrays are scratch, one column or row a trial (slot ``t``; slot ``NT = 2n+1`` holds the
+    best trial and then the refit): ``scr`` (7, 32) float32 (rows waux, xval, w*xval, then per slot the
+    inverse scale, the scale, sumqx, sumq2), ``Q`` (32, 32) float32 (the coordinates q = 2l+1 of weight
+    ``i`` in slot ``t`` at ``Q[i, t]``), ``G`` (32, 8) int64 and ``ON`` (32, 8) bool (each run's grid
+    number and whether its rounding was on the grid), ``U`` (32,) int64 (packed levels of one run).
+
+    ggml's order, trial after trial, becomes run after run here, every trial of a run at once: the
+    trials are independent until the choice of the best, so each lane of a vector (a trial) does the
+    very float32 operations ggml does, in its order. Only the neighbour search is a loop per run and
+    trial. The trials and the refit share that code (the refit is the second pass, on slot ``NT``),
+    written out in full: a helper taking arrays would cost atomic reference counts on every call.
+    """
     for i in range(QK):
-        waux[i] = np.sqrt(weight[i])
+        scr[0, i] = np.sqrt(weight[i])
     for m in range(4):
         s = 0
         nflip = 0
         for i in range(8):
             v = xb[8 * m + i]
             if v >= 0:
-                xval[8 * m + i] = v
+                scr[1, 8 * m + i] = v
             else:
-                xval[8 * m + i] = -v
+                scr[1, 8 * m + i] = -v
                 nflip += 1
                 s |= 1 << i
         if xxs and nflip % 2:
@@ -112,12 +73,12 @@ def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, grid, signs, w
                 if ax < least:
                     least = ax
                     imin = i
-            xval[8 * m + imin] = -xval[8 * m + imin]
+            scr[1, 8 * m + imin] = -scr[1, 8 * m + imin]
             s ^= 1 << imin
         signs[m] = s & 127 if xxs else s
-    xmax = xval[0]
+    xmax = scr[1, 0]
     for i in range(1, QK):
-        xmax = xmax if xmax > xval[i] else xval[i]
+        xmax = xmax if xmax > scr[1, i] else scr[1, i]
     for k in range(N_RUNS):
         grid[k] = 0
     if (xmax < GROUP_MAX_EPS_IQ3_XXS) if xxs else (xmax == 0):
@@ -125,72 +86,130 @@ def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, grid, signs, w
             signs[m] = 0
         return SKIPPED
     for i in range(QK):
-        L[i] = 0
+        scr[2, i] = weight[i] * scr[1, i]
     n = TRIALS_XXS if xxs else TRIALS_S
+    nt = 2 * n + 1
+    for t in range(nt):
+        inv = (F32(2 * KMAXQ - 1) + F32(t - n) * F32(0.2)) / xmax
+        scr[3, t] = inv
+        scr[4, t] = F32(1.0) / inv
     best = F32(0.0)
     scale = xmax / F32(2 * KMAXQ - 1)
-    for k in range(N_RUNS):
-        on[k] = xxs
-    for step in range(-n, n + 1):
-        inv = (F32(2 * KMAXQ - 1) + F32(step) * F32(0.2)) / xmax
-        trial = F32(1.0) / inv
-        for k in range(N_RUNS):
-            u = _round_run(xval, RUN * k, inv, Laux, RUN * k)
-            on_aux[k] = kmap[u] >= 0
-            _to_grid(kmap, neighbours, coords, levels, xval, waux, k, trial, Laux, u)
-        sumqx, sumq2 = _sums(weight, xval, Laux)
-        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
-            scale = sumqx / sumq2
-            best = scale * sumqx
+    tb = -1
+    lo, hi = np.uint64(0), np.uint64(nt)  # unsigned slots: indices that cannot wrap, so vectors
+    for refit in (False, True):
+        if refit:  # slot nt: the best trial's levels, then (some runs off the grid) rounded again on its scale
             for i in range(QK):
-                L[i] = Laux[i]
+                Q[i, nt] = Q[i, tb] if tb >= 0 else F32(1.0)  # no best trial: levels 0, grid point 0
             for k in range(N_RUNS):
-                on[k] = on_aux[k]
-    n_off = 0
-    for k in range(N_RUNS):
-        if not on[k]:
-            n_off += 1
-    if n_off > 0 and scale > 0:
-        inv = F32(1.0) / scale
+                G[nt, k] = G[tb, k] if tb >= 0 else 0
+                ON[nt, k] = ON[tb, k] if tb >= 0 else xxs
+            n_off = 0
+            for k in range(N_RUNS):
+                if not ON[nt, k]:
+                    n_off += 1
+            if not (n_off > 0 and scale > 0):
+                break
+            scr[3, nt] = F32(1.0) / scale
+            scr[4, nt] = scale
+            lo, hi = np.uint64(nt), np.uint64(nt + 1)
         for k in range(N_RUNS):
-            if xxs and on[k]:
+            if refit and xxs and ON[nt, k]:
                 continue
-            u = _round_run(xval, RUN * k, inv, L, RUN * k)
-            _to_grid(kmap, neighbours, coords, levels, xval, waux, k, scale, L, u)
-        sumqx, sumq2 = _sums(weight, xval, L)
-        if sumq2 > 0:
-            scale = sumqx / sumq2
+            off = RUN * k
+            x0, x1, x2, x3 = scr[1, off], scr[1, off + 1], scr[1, off + 2], scr[1, off + 3]
+            w0, w1, w2, w3 = scr[0, off], scr[0, off + 1], scr[0, off + 2], scr[0, off + 3]
+            for t in range(lo, hi):
+                inv = scr[3, t]
+                l0 = max(0, min(KMAXQ - 1, nearest_int(F32(0.5) * (inv * x0 - F32(1.0)))))
+                l1 = max(0, min(KMAXQ - 1, nearest_int(F32(0.5) * (inv * x1 - F32(1.0)))))
+                l2 = max(0, min(KMAXQ - 1, nearest_int(F32(0.5) * (inv * x2 - F32(1.0)))))
+                l3 = max(0, min(KMAXQ - 1, nearest_int(F32(0.5) * (inv * x3 - F32(1.0)))))
+                U[t] = l0 | (l1 << 3) | (l2 << 6) | (l3 << 9)
+            for t in range(lo, hi):
+                u = U[t]
+                g = np.int64(kmap[u])
+                if not refit:
+                    ON[t, k] = g >= 0
+                if g < 0:  # ggml's iq3_find_best_neighbour
+                    sc = scr[4, t]
+                    npad = cand_n[u]  # uint64, as are b and j: indices that cannot wrap, so loads, not gathers
+                    b = cand_at[u]
+                    b1 = b + npad
+                    b2 = b1 + npad
+                    b3 = b2 + npad
+                    # The least of keys (bits of d2) << 8 | j is the least d2 and, among equal ones, the first,
+                    # as ggml's strict d2 < best scan finds it: d2 >= +0 or nan, and the bits of such floats
+                    # are in their order (nan and inf above FLT_MAX, which ggml's scan never takes either).
+                    key = KEY_NONE
+                    for j in range(npad):
+                        diff = sc * cand_q[b + j] - x0
+                        acc = F32(0.0) + w0 * diff * diff
+                        diff = sc * cand_q[b1 + j] - x1
+                        acc += w1 * diff * diff
+                        diff = sc * cand_q[b2 + j] - x2
+                        acc += w2 * diff * diff
+                        diff = sc * cand_q[b3 + j] - x3
+                        acc += w3 * diff * diff
+                        key = min(key, (np.uint64(F32(acc).view(np.uint32)) << U8) | j)
+                    if key < KEY_FLT_MAX:
+                        g = np.int64(cand_g[(b >> U2) + (key & U255)])
+                    else:  # no finite distance: ggml aborts
+                        g = np.int64(0)
+                G[t, k] = g
+                Q[off, t] = coords[g, 0]
+                Q[off + 1, t] = coords[g, 1]
+                Q[off + 2, t] = coords[g, 2]
+                Q[off + 3, t] = coords[g, 3]
+        for t in range(lo, hi):  # ggml's sum w*xval*q and sum w*q*q, in order: a lane a trial
+            scr[5, t] = F32(0.0)
+            scr[6, t] = F32(0.0)
+        for i in range(QK):
+            wx = scr[2, i]
+            w = weight[i]
+            for t in range(lo, hi):
+                q = Q[i, t]
+                scr[5, t] += wx * q
+                scr[6, t] += w * q * q
+        if refit:
+            if scr[6, nt] > 0:
+                scale = scr[5, nt] / scr[6, nt]
+        else:
+            for t in range(nt):
+                sumqx = scr[5, t]
+                sumq2 = scr[6, t]
+                if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    tb = t
     if scale < 0:  # ggml: "should never happen"; the scale is stored unsigned
         scale = -scale
         for m in range(4):
             signs[m] = ~signs[m] & (127 if xxs else 255)
     for k in range(N_RUNS):
-        u = 0
-        for i in range(RUN):
-            u |= np.int64(L[RUN * k + i]) << (3 * i)
-        grid[k] = max(np.int64(kmap[u]), 0)  # every run is on the grid here (ggml aborts otherwise)
+        grid[k] = G[nt, k]
     return scale
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize(x, imatrix, out, xxs, kmap, neighbours, coords, levels, fudge):
+def _quantize(x, imatrix, out, xxs, tabs, fudge):
     """IQ3_XXS (``xxs``) or IQ3_S rows into ``out`` (ggml's ``quantize_iq3_xxs`` / ``quantize_iq3_s``).
 
     x : float32 (n_rows, n_cols), n_cols a multiple of 256; imatrix : float32 (n_cols,) or None;
-    out : uint8 (n_rows, n_cols // 256 * type_size), zeroed, written; the lattice's kmap int32,
-    neighbours uint16, coords float32 (n, 4) and levels int8 (n, 4); fudge : float32, d's factor.
+    out : uint8 (n_rows, n_cols // 256 * type_size), zeroed, written; tabs : the lattice's search tables
+    (:func:`_tables`); fudge : float32, d's factor.
     """
     n_rows, n_cols = x.shape
     size = 98 if xxs else 110
+    kmap, cand_at, cand_n, cand_q, cand_g, coords = tabs
     for r in prange(n_rows):
         xr = x[r]
         weight = np.empty(QK, dtype=F32)
-        waux = np.empty(QK, dtype=F32)
-        xval = np.empty(QK, dtype=F32)
-        L = np.empty(QK, dtype=np.int64)
-        Laux = np.empty(QK, dtype=np.int64)
-        on = np.empty(N_RUNS, dtype=np.bool_)
-        on_aux = np.empty(N_RUNS, dtype=np.bool_)
+        scr = np.empty((7, 32), dtype=F32)
+        Q = np.empty((QK, 32), dtype=F32)
+        G = np.empty((32, N_RUNS), dtype=np.int64)
+        ON = np.empty((32, N_RUNS), dtype=np.bool_)
+        U = np.empty(32, dtype=np.int64)
         grid = np.zeros((N_SUB, N_RUNS), dtype=np.int64)
         signs = np.zeros((N_SUB, 4), dtype=np.int64)
         scales = np.empty(N_SUB, dtype=F32)
@@ -210,8 +229,8 @@ def _quantize(x, imatrix, out, xxs, kmap, neighbours, coords, levels, fudge):
                 else:
                     for i in range(QK):
                         weight[i] = imatrix[b * QK_K + QK * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-                s = _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, grid[ib], signs[ib],
-                               waux, xval, L, Laux, on, on_aux)
+                s = _sub_block(xb, weight, xxs, kmap, cand_at, cand_n, cand_q, cand_g, coords, grid[ib], signs[ib],
+                               scr, Q, G, ON, U)
                 kept[ib] = s != SKIPPED
                 s = max(s, F32(0.0))
                 scales[ib] = s
@@ -313,16 +332,37 @@ def _unpack(packed, codes, scales, mins, xxs, levels, ksigns):
 
 
 def _tables(type_name: str):
-    """kmap, neighbours, coords float32 (n, 4), levels int8 (n, 4) of the type's lattice."""
+    """The lattice's search tables: kmap int32 (4096,); for each off-grid packed ``u`` its neighbour list,
+    padded to ``cand_n[u]`` (a multiple of 8) with infinite coordinates (never chosen), as the coordinates
+    q = 2l+1 of its candidates in ``cand_q[cand_at[u]:][:4 * cand_n[u]]`` float32 (first coordinates, then
+    second, ...) and their grid numbers in ``cand_g[cand_at[u] // 4:][:cand_n[u]]`` int32; coords float32
+    (n, 4) of the grid points. Also levels int8 (n, 4)."""
     lat = lattice(LATTICE[type_name])
-    return lat.kmap, lat.neighbours, lat.search.astype(F32), lat.levels.astype(np.int8)
+    kmap, nb = lat.kmap, lat.neighbours
+    coords = lat.search.astype(F32)
+    cand_at = np.zeros(len(kmap), dtype=np.uint64)
+    cand_n = np.zeros(len(kmap), dtype=np.uint64)
+    q_parts, g_parts, at = [], [], 0
+    for u in np.flatnonzero(kmap < 0):
+        start = -int(kmap[u]) - 1
+        g = nb[start + 1:start + 1 + int(nb[start])].astype(np.int32)
+        npad = -(-len(g) // 8) * 8
+        q = np.full((RUN, npad), np.inf, dtype=F32)
+        q[:, :len(g)] = coords[g].T
+        cand_at[u], cand_n[u] = RUN * at, npad
+        q_parts.append(q.ravel())
+        g_parts.append(np.concatenate([g, np.zeros(npad - len(g), dtype=np.int32)]))
+        at += npad
+    assert max(cand_n) < 256  # the index in the low byte of a search key
+    tabs = (kmap, cand_at, cand_n, np.concatenate(q_parts), np.concatenate(g_parts), coords)
+    return tabs, lat.levels.astype(np.int8)
 
 
 def _twins(type_name: str):
     xxs = type_name == "IQ3_XXS"
     assert FORMATS[type_name].type_size == (98 if xxs else 110)
-    kmap, neighbours, coords, levels = _tables(type_name)
-    return twins(type_name, (_quantize, xxs, kmap, neighbours, coords, levels, D_FUDGE[type_name]),
+    tabs, levels = _tables(type_name)
+    return twins(type_name, (_quantize, xxs, tabs, D_FUDGE[type_name]),
                  (_dequantize, xxs, levels, KSIGNS, CODEBOOK[type_name]),
                  (_unpack, xxs, levels, KSIGNS), codebook=CODEBOOK[type_name])
 
