@@ -8,13 +8,14 @@ are passed to the kernels as arrays.
 
 The time goes into ggml's ``iq2_find_best_neighbour``: for a run of 8 whose
 rounded levels are off the grid, the weighted distance to each listed
-neighbour. ggml sums the 8 terms of one neighbour, then the next. Here the
-listed neighbours' odd coordinates are laid out transposed
-(:func:`neighbour_coordinates`, ``(8, len(neighbours))``, one row per
-coordinate), and the kernel adds coordinate ``i``'s term to every neighbour's
-running sum before coordinate ``i + 1``'s: each sum still adds its 8 terms in
-ggml's order (so every float32 result is the same), but the loop over the
-neighbours is contiguous and LLVM vectorizes it.
+neighbour, at every trial scale. A run keeps its levels over several trials,
+so the kernel builds, once per (run, list), each neighbour's distance as a
+quadratic in the scale (:func:`_quadratic`); a trial then evaluates those
+(two products a neighbour) and measures exactly, in ggml's float32 order, only
+the neighbours within a proven rounding bound of the least (:func:`_nearest`).
+The fit's sums keep their order; runs before the first changed point reuse
+their partial sums, and a trial with the same points as the one before is
+skipped (it cannot change the state).
 """
 from __future__ import annotations
 
@@ -37,15 +38,44 @@ IQ2_XS_SIZE = FORMATS["IQ2_XS"].type_size  # 74: d 2, qs 64, scales 8
 MAX_NEIGHBOURS = 512  # above any list's count (a list holds grid numbers, at most the grid's size)
 
 
-def neighbour_coordinates(name: str) -> np.ndarray:
-    """The odd coordinates of every listed neighbour, transposed: int8 (8, len(neighbours)).
+#: The sieve's slack (see :func:`_nearest`): a neighbour is measured exactly when its quadratic is within
+#: ``2 * (ERR_FACTOR * bound + ERR_FLOOR)`` of the least; the rounding it covers (ggml's float32 sum and
+#: the float32 quadratic) is below ``22 * 2**-24 * bound`` (plus underflow, below 2**-149 an operation).
+ERR_FACTOR = 2.0 ** -18
+ERR_FLOOR = 1e-40
+#: Runs whose bound reaches this (or is nan) take the plain search: no float32 sum there can overflow.
+BOUND_MAX = 1e30
 
-    Column ``p`` holds ``lattice(name).search[neighbours[p]]`` where ``neighbours[p]`` is a grid number
-    (at a list's count the column is unused).
+
+def _list_starts(neighbours: np.ndarray) -> np.ndarray:
+    """Offsets of the lists in ``neighbours`` (each a count followed by that many grid numbers)."""
+    starts = []
+    s, m = 0, len(neighbours)
+    while s < m:
+        starts.append(s)
+        s += int(neighbours[s]) + 1
+    return np.array(starts, dtype=np.int64)
+
+
+def neighbour_coordinates(name: str) -> np.ndarray:
+    """Each list's neighbours' odd coordinates, coordinate-major: int8 (8 * len(neighbours),).
+
+    The list at ``start`` (count ``n``) keeps coordinate ``i`` of its neighbour ``j`` (grid number
+    ``neighbours[start + 1 + j]``) at ``8 * (start + 1) + i * n + j``: a search reads one contiguous
+    stretch, one coordinate of every neighbour after another.
     """
     lat = lattice(name)
-    nb = np.minimum(lat.neighbours.astype(np.int64), len(lat.search) - 1)
-    return np.ascontiguousarray(lat.search[nb].T)
+    nb = lat.neighbours.astype(np.int64)
+    starts = _list_starts(nb)
+    counts = nb[starts]
+    owner = np.repeat(starts, counts)
+    count = np.repeat(counts, counts)
+    pos = owner + 1 + (np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts))
+    points = lat.search[nb[pos]]
+    out = np.zeros(DIMS * len(nb), dtype=np.int8)
+    for i in range(DIMS):
+        out[DIMS * (owner + 1) + i * count + (pos - owner - 1)] = points[:, i]
+    return out
 
 
 def tables(name: str) -> tuple[np.ndarray, ...]:
@@ -57,39 +87,101 @@ def tables(name: str) -> tuple[np.ndarray, ...]:
 # ------------------------------------------------------------------ search
 
 @njit(**JIT_OPTIONS)
-def _best_neighbour(neighbours, coords, start, xval, waux, off, scale, d2):
-    """ggml's ``iq2_find_best_neighbour`` for the list at ``start``: the grid number chosen, or -1.
+def _distance(coords, at, n, j, xval, waux, off, scale):
+    """ggml's float32 ``d2`` of neighbour ``j`` of the list whose coordinates start at ``at`` (count ``n``)."""
+    d2 = F32(0.0)
+    for i in range(DIMS):
+        diff = scale * F32(coords[at + i * n + j]) - xval[off + i]
+        d2 += waux[off + i] * diff * diff
+    return d2
 
-    xval, waux : float32 (n,), the run is ``off .. off+7``; d2 : float32 scratch (>= the list's count).
-    Coordinate 0's term is stored, not added to 0 (``0 + t == t``: a term is never -0.0).
-    """
+
+@njit(**JIT_OPTIONS)
+def _best_neighbour(neighbours, coords, start, xval, waux, off, scale):
+    """ggml's ``iq2_find_best_neighbour`` for the list at ``start``, every neighbour measured: the grid
+    number chosen, or -1 (none below FLT_MAX: ggml asserts). The run is ``xval[off:off+8]``."""
     n = np.int64(neighbours[start])
-    base = start + 1
-    x0 = xval[off]
-    w0 = waux[off]
-    for j in range(n):
-        diff = scale * F32(coords[0, base + j]) - x0
-        d2[j] = w0 * diff * diff
-    for i in range(1, DIMS):
-        xi = xval[off + i]
-        wi = waux[off + i]
-        for j in range(n):
-            diff = scale * F32(coords[i, base + j]) - xi
-            d2[j] += wi * diff * diff
     best = FLT_MAX
     g = -1
     for j in range(n):
-        if d2[j] < best:
-            best = d2[j]
-            g = np.int64(neighbours[base + j])
+        d2 = _distance(coords, DIMS * (start + 1), n, j, xval, waux, off, scale)
+        if d2 < best:
+            best = d2
+            g = np.int64(neighbours[start + 1 + j])
     return g
 
 
 @njit(**JIT_OPTIONS)
-def _level_runs(kmap, neighbours, coords, levels, xval, waux, n, iscale, scale, redo, out, on_grid, d2):
+def _quadratic(coords, start, n, xval, waux, off, a, b):
+    """``a[j] = sum(waux * q**2)``, ``b[j] = 2 * sum(waux * xval * q)`` (float32) over the ``n`` neighbours
+    of the list at ``start``: neighbour ``j``'s distance is ``c + s * (s * a[j] - b[j])`` in exact
+    arithmetic, ``c`` the same for all. Loops over the neighbours (contiguous: LLVM vectorizes them)."""
+    at = DIMS * (start + 1)
+    w = waux[off]
+    wx = F32(2.0) * (w * xval[off])
+    for j in range(n):
+        q = F32(coords[at + j])
+        a[j] = w * (q * q)
+        b[j] = wx * q
+    for i in range(1, DIMS):
+        w = waux[off + i]
+        wx = F32(2.0) * (w * xval[off + i])
+        for j in range(n):
+            q = F32(coords[at + i * n + j])
+            a[j] += w * (q * q)
+            b[j] += wx * q
+
+
+@njit(**JIT_OPTIONS)
+def _nearest(neighbours, coords, start, a, b, f, xval, waux, off, scale, bound):
+    """``iq2_find_best_neighbour``'s answer from the quadratics ``a``, ``b`` (:func:`_quadratic`).
+
+    ``f[j] = s * (s * a[j] - b[j])`` (float32) differs from ggml's float32 ``d2`` minus ``c`` by less than
+    ``ERR_FACTOR * bound + ERR_FLOOR`` (``bound = sum(waux * (|x| + 10*scale)**2)`` >= each term's
+    ``waux * (|s*q - x| + s*q)**2``; ggml's rounding of the terms and the sum stays below ``12 * 2**-24``
+    of it, that of ``a``, ``b`` and ``f`` below ``10 * 2**-24``).
+    A neighbour whose ``f`` exceeds the least by twice that has a larger ``d2`` than the least one's and
+    cannot be ggml's first minimum; the rest are measured exactly (:func:`_distance`) in list order.
+    """
+    n = np.int64(neighbours[start])
+    for j in range(n):
+        f[j] = scale * (scale * a[j] - b[j])
+    m0 = m1 = m2 = m3 = np.inf  # four running minima: no chain of n dependent compares
+    j = 0
+    while j + 4 <= n:
+        m0 = f[j] if f[j] < m0 else m0
+        m1 = f[j + 1] if f[j + 1] < m1 else m1
+        m2 = f[j + 2] if f[j + 2] < m2 else m2
+        m3 = f[j + 3] if f[j + 3] < m3 else m3
+        j += 4
+    while j < n:
+        m0 = f[j] if f[j] < m0 else m0
+        j += 1
+    m0 = m0 if m0 < m1 else m1
+    m2 = m2 if m2 < m3 else m3
+    lim = np.float64(m0 if m0 < m2 else m2) + 2.0 * (ERR_FACTOR * bound + ERR_FLOOR)
+    best = FLT_MAX
+    g = -1
+    for j in range(n):
+        if f[j] <= lim:
+            d2 = _distance(coords, DIMS * (start + 1), n, j, xval, waux, off, scale)
+            if d2 < best:
+                best = d2
+                g = np.int64(neighbours[start + 1 + j])
+    return g
+
+
+@njit(**JIT_OPTIONS)
+def _level_runs(kmap, neighbours, coords, levels, xval, waux, n, iscale, scale, redo, out, on_grid, grid,
+                sums, cache_u, cache_a, cache_b, slots, f):
     """Levels of the runs ``k`` with ``redo[k]`` on inverse scale ``iscale`` into ``out`` (int8 (n,));
-    off-grid runs take their best neighbour at ``scale``. ``on_grid[k]``: the rounded levels were a point.
-    Returns False when a neighbour search found nothing (ggml asserts)."""
+    off-grid runs take their best neighbour at ``scale``. ``on_grid[k]``: the rounded levels were a point;
+    ``grid[k]``: the point taken. Returns False when a neighbour search found nothing (ggml asserts).
+
+    The quadratics of the run's last two lists stay in ``cache_a/b[k, slot]`` (the lists' levels in
+    ``cache_u[k, slot]``): ``slots[0, k]`` is the slot the run used last, ``slots[1, k]`` the one the best
+    trial so far used, which a new list does not overwrite.
+    """
     for k in range(n // DIMS):
         if not redo[k]:
             continue
@@ -102,34 +194,60 @@ def _level_runs(kmap, neighbours, coords, levels, xval, waux, n, iscale, scale, 
         g = np.int64(kmap[u])
         on_grid[k] = g >= 0
         if g < 0:
-            g = _best_neighbour(neighbours, coords, -g - 1, xval, waux, DIMS * k, scale, d2)
+            start = -g - 1
+            s = np.float64(scale)
+            bound = sums[k, 2] + s * (20.0 * sums[k, 1] + 100.0 * s * sums[k, 0])
+            if bound < BOUND_MAX:
+                if cache_u[k, 0] == u:
+                    slot = 0
+                elif cache_u[k, 1] == u:
+                    slot = 1
+                else:
+                    slot = 1 if slots[1, k] == 0 else 0
+                    _quadratic(coords, start, np.int64(neighbours[start]), xval, waux, DIMS * k,
+                               cache_a[k, slot], cache_b[k, slot])
+                    cache_u[k, slot] = u
+                slots[0, k] = slot
+                g = _nearest(neighbours, coords, start, cache_a[k, slot], cache_b[k, slot], f, xval, waux,
+                             DIMS * k, scale, bound)
+            else:
+                g = _best_neighbour(neighbours, coords, start, xval, waux, DIMS * k, scale)
             if g < 0:
                 return False
             for i in range(DIMS):
                 out[DIMS * k + i] = levels[g, i]
+        grid[k] = g
     return True
 
 
 @njit(**JIT_OPTIONS)
-def _fit(weight, xval, L, n):
-    """``(sum(w*x*q), sum(w*q*q))`` with ``q = 2L+1``, in order, float32."""
-    sumqx = F32(0.0)
-    sumq2 = F32(0.0)
-    for i in range(n):
-        w = weight[i]
-        q = F32(2 * np.int64(L[i]) + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
+def _fit(fqx, fq2, L, n, k0, partial):
+    """``(sum(w*x*q), sum(w*q*q))`` with ``q = 2L+1``, in order, float32; ``fqx[i, l]``, ``fq2[i, l]`` hold
+    the terms of level ``l``. ``partial[:, k]`` keeps the two sums before run ``k``; those up to run ``k0``
+    are taken as they are (the runs before it kept their levels), the rest recomputed."""
+    sumqx = partial[0, k0]
+    sumq2 = partial[1, k0]
+    for k in range(k0, n // DIMS):
+        partial[0, k] = sumqx
+        partial[1, k] = sumq2
+        for i in range(DIMS * k, DIMS * (k + 1)):
+            l = np.int64(L[i])
+            sumqx += fqx[i, l]
+            sumq2 += fq2[i, l]
+    partial[0, n // DIMS] = sumqx
+    partial[1, n // DIMS] = sumq2
     return sumqx, sumq2
 
 
 @njit(**JIT_OPTIONS)
-def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs, work, flags, L, Laux, Lqp, d2):
+def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs, work, flags, L, Laux, Lqp,
+               fterms, psums, sums, ints, cache_u, cache_a, cache_b, f):
     """One sub-block of ``quantize_row_iq2_{xxs,xs}_impl`` (the reference's ``_sub_block``).
 
     xb, weight : float32 (n,), n = 32 (``xxs``) or 16. Writes points and signs int64 (n // 8,);
-    work : float32 (2, n) scratch (xval, waux); flags : bool (3, n // 8) scratch; L, Laux, Lqp : int8/uint8
-    (n,) scratch.
+    work : float32 (2, n) scratch (xval, waux); flags : bool (4, n // 8) scratch; L, Laux, Lqp : int8/uint8
+    (n,) scratch; fterms float32 (2, n, 3), psums float32 (2, n // 8 + 1), sums float64 (n // 8, 3), ints int64 (4, n // 8), cache_u int64
+    (n // 8, 2), cache_a/b float32 (n // 8, 2, MAX_NEIGHBOURS), f float32 (MAX_NEIGHBOURS,) scratch.
     Returns the scale, or -1 where ggml would abort (a point off the grid).
     """
     n = xb.shape[0]
@@ -180,9 +298,45 @@ def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs,
         scale = xmax / F32(2 * KMAXQ - 1)
         eff_max = xmax
         lo, hi = -9, 10
+    # per-run constants: the fit's terms of each level, the search's bound sums, an empty cache
+    fqx = fterms[0]
+    fq2 = fterms[1]
+    for i in range(n):
+        w = weight[i]
+        wx = w * xval[i]
+        for l in range(KMAXQ):
+            q = F32(2 * l + 1)
+            fqx[i, l] = wx * q
+            fq2[i, l] = w * q * q
+    for k in range(n_runs):
+        sw = 0.0
+        swx = 0.0
+        swx2 = 0.0
+        for i in range(DIMS):
+            w = np.float64(waux[DIMS * k + i])
+            x = abs(np.float64(xval[DIMS * k + i]))
+            sw += w
+            swx += w * x
+            swx2 += w * x * x
+        sums[k, 0] = sw
+        sums[k, 1] = swx
+        sums[k, 2] = swx2
+        cache_u[k, 0] = -1
+        cache_u[k, 1] = -1
+    slots = ints[0:2]
+    grid = ints[2]
+    prev = ints[3]
+    for k in range(n_runs):
+        slots[0, k] = 0
+        slots[1, k] = -1
+        prev[k] = -1
+    partial = psums
+    partial[0, 0] = F32(0.0)
+    partial[1, 0] = F32(0.0)
     on_grid = flags[0]
     aux_on_grid = flags[1]
     every = flags[2]
+    prev_on = flags[3]
     for k in range(n_runs):
         on_grid[k] = True
         every[k] = True
@@ -192,9 +346,23 @@ def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs,
     for step in range(lo, hi):
         iscale = (F32(2 * KMAXQ - 1) + F32(step) * F32(0.1)) / eff_max
         if not _level_runs(kmap, neighbours, coords, levels, xval, waux, n, iscale, F32(1.0) / iscale,
-                           every, Laux, aux_on_grid, d2):
+                           every, Laux, aux_on_grid, grid, sums, cache_u, cache_a, cache_b, slots, f):
             return F32(-1.0)
-        sumqx, sumq2 = _fit(weight, xval, Laux, n)
+        # the same points (and grid flags) as the trial before: the same sums, and a trial that cannot
+        # change the state (it either set it from these very sums or was found wanting); the runs before
+        # the first whose point changed add the same terms as before
+        k0 = n_runs
+        same = True
+        for k in range(n_runs):
+            if grid[k] != prev[k] and k0 == n_runs:
+                k0 = k
+            if aux_on_grid[k] != prev_on[k]:
+                same = False
+            prev[k] = grid[k]
+            prev_on[k] = aux_on_grid[k]
+        if same and k0 == n_runs:
+            continue
+        sumqx, sumq2 = _fit(fqx, fq2, Laux, n, k0, partial)
         if sumq2 > 0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
             best = scale * sumqx
@@ -202,15 +370,19 @@ def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs,
                 L[i] = Laux[i]
             for k in range(n_runs):
                 on_grid[k] = aux_on_grid[k]
+                if not aux_on_grid[k]:
+                    slots[1, k] = slots[0, k]
     n_redo = 0
     for k in range(n_runs):  # XXS re-levels every run, XS those that were off the grid
         every[k] = xxs or not on_grid[k]
         n_redo += every[k]
     if n_redo > 0 and scale > 0:
         if not _level_runs(kmap, neighbours, coords, levels, xval, waux, n, F32(1.0) / scale, scale,
-                           every, L, aux_on_grid, d2):
+                           every, L, aux_on_grid, grid, sums, cache_u, cache_a, cache_b, slots, f):
             return F32(-1.0)
-        sumqx, sumq2 = _fit(weight, xval, L, n)
+        partial[0, 0] = F32(0.0)
+        partial[1, 0] = F32(0.0)
+        sumqx, sumq2 = _fit(fqx, fq2, L, n, 0, partial)
         if sumq2 > 0:
             scale = sumqx / sumq2
     if scale < 0:
@@ -240,11 +412,18 @@ def _quantize_row(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_s
     signs = np.zeros((n_sub, n_runs), dtype=np.int64)
     weight = np.empty(n, dtype=F32)
     work = np.empty((2, n), dtype=F32)
-    flags = np.empty((3, n_runs), dtype=np.bool_)
+    flags = np.empty((4, n_runs), dtype=np.bool_)
     L = np.zeros(n, dtype=np.int8)
     Laux = np.zeros(n, dtype=np.int8)
     Lqp = np.zeros(n, dtype=np.uint8)
-    d2 = np.empty(MAX_NEIGHBOURS, dtype=F32)
+    fterms = np.empty((2, n, KMAXQ), dtype=F32)
+    psums = np.empty((2, n_runs + 1), dtype=F32)
+    sums = np.empty((n_runs, 3), dtype=np.float64)
+    ints = np.empty((4, n_runs), dtype=np.int64)
+    cache_u = np.empty((n_runs, 2), dtype=np.int64)
+    cache_a = np.empty((n_runs, 2, MAX_NEIGHBOURS), dtype=F32)
+    cache_b = np.empty((n_runs, 2, MAX_NEIGHBOURS), dtype=F32)
+    f = np.empty(MAX_NEIGHBOURS, dtype=F32)
     for b in range(x.shape[0] // QK_K):
         xbl = x[b * QK_K:(b + 1) * QK_K]
         qw = imatrix[b * QK_K:(b + 1) * QK_K]
@@ -260,7 +439,7 @@ def _quantize_row(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_s
             for i in range(n):
                 weight[i] = qw[n * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
             s = _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points[ib], signs[ib],
-                           work, flags, L, Laux, Lqp, d2)
+                           work, flags, L, Laux, Lqp, fterms, psums, sums, ints, cache_u, cache_a, cache_b, f)
             if s < 0:
                 aborted = True
                 break
