@@ -303,3 +303,20 @@ def test_llama_order_and_categories():
     assert recipes.category("per_layer_token_embd.weight") == "token_embd"
     assert [i for i in range(30) if recipes.use_more_bits(i, 30)][:6] == [0, 1, 2, 5, 8, 11]
     assert os.fspath(qviz.demo.smollm2_gguf()).endswith(".gguf")
+
+
+def test_allow_requantize_is_moot_with_types_and_a_type_named_like_a_recipe_points_to_recipe(tmp_path):
+    import gguf as gguf_py
+
+    src = tmp_path / "w.gguf"
+    w = gguf_py.GGUFWriter(str(src), "llama")
+    w.add_tensor("blk.0.attn_q.weight", np.ones((4, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    done = qviz.gguf.requantize(src, tmp_path / "a.gguf", "Q8_0", allow_requantize=True)
+    assert done == {"blk.0.attn_q.weight": "Q8_0"}
+    with pytest.raises(ValueError, match=r"pure apply to a llama-quantize recipe.*pass recipe='Q8_0'"):
+        qviz.gguf.requantize(src, tmp_path / "b.gguf", "Q8_0", pure=True)
+    assert not (tmp_path / "b.gguf").exists()

@@ -31,6 +31,7 @@ from gguf import GGUFValueType
 from qviz import registry
 from qviz.io import gguf_recipes
 from qviz.io.gguf_reader import GGUFFile, TensorInfo, read, storage_type
+from qviz.io.imatrix import read_imatrix
 from qviz.quantizers import resolve_type
 
 log = logging.getLogger(__name__)
@@ -439,21 +440,18 @@ def _recipe_of(types, recipe, options: dict) -> str | None:
     if types is None:
         raise TypeError("requantize needs types= (a type such as 'Q4_K', or patterns -> types) or "
                         "recipe= (a llama-quantize file type such as 'Q4_K_M')")
-    given = [k for k, v in options.items() if v not in (None, False)]
+    # types= always re-quantizes: allow_requantize=True asks for nothing more
+    given = [k for k, v in options.items() if v not in (None, False) and k != "allow_requantize"]
     if given:
+        also = (f"; for llama-quantize's {types} recipe pass recipe={types!r}"
+                if isinstance(types, str) and types.upper() in gguf_recipes.RECIPES else "")
         raise ValueError(f"{', '.join(given)} apply to a llama-quantize recipe (recipe='Q4_K_M', ...); "
-                         f"with types={types!r} every matched weight gets its type as given")
+                         f"with types={types!r} every matched weight gets its type as given{also}")
     return None
 
 
 def _read_imatrix_file(path) -> dict:
     """An imatrix file as name -> importance vector (:func:`qviz.io.imatrix.read_imatrix`)."""
-    try:
-        from qviz.io.imatrix import read_imatrix
-    except ImportError:  # qviz.io.imatrix not there yet
-        raise NotImplementedError(f"reading the imatrix file {os.fspath(path)!r} needs "
-                                  f"qviz.io.imatrix.read_imatrix, which this qviz lacks; pass a mapping "
-                                  f"of tensor names to importance vectors instead") from None
     return dict(read_imatrix(path))
 
 

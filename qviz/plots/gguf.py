@@ -73,10 +73,11 @@ def recipe_map(tensors, title: str = "Type of every weight matrix"):
 
     Parameters
     ----------
-    tensors : iterable of (name, type_name, bits_per_weight, n_elements)
+    tensors : iterable of (name, type_name, bits_per_weight, n_elements), or RecipePlan
         One entry per tensor, GGUF names (``blk.<i>.<role>.weight``); 1-D
         tensors and tensors outside the blocks (``token_embd``, ``output``) are
-        named in the subtitle instead.
+        named in the subtitle instead. A :class:`~qviz.io.gguf_recipes.RecipePlan`
+        (:func:`qviz.gguf.plan`) gives its rows of two or more dimensions.
     title : str
 
     Returns
@@ -97,6 +98,8 @@ def recipe_map(tensors, title: str = "Type of every weight matrix"):
     """
     import plotly.graph_objects as go
 
+    if hasattr(tensors, "rows"):  # a RecipePlan
+        tensors = [(r.name, r.type, r.bits_per_weight, r.n_elements) for r in tensors.rows if len(r.shape) >= 2]
     cells: dict[tuple[str, int], tuple[str, float]] = {}
     others: list[str] = []
     total_bits = total = 0.0

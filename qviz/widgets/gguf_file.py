@@ -156,12 +156,6 @@ def file_recipe(f) -> list[tuple[str, str, float, int]]:
     return [(t.name, t.type_name, t.bits_per_weight, t.n_elements) for t in f.tensors if len(t.shape) >= 2]
 
 
-def plan_recipe(plan) -> list[tuple[str, str, float, int]]:
-    """(name, type, bits per weight, weights) of every tensor of two or more dimensions in a
-    :class:`~qviz.io.gguf_recipes.RecipePlan`."""
-    return [(r.name, r.type, r.bits_per_weight, r.n_elements) for r in plan.rows if len(r.shape) >= 2]
-
-
 def _requant_html(info, req: Requantized) -> str:
     r = req.summary.result
     change = (f"{info.type_name} {info.bits_per_weight:.4g} bpw, {_human(info.n_bytes)} → "
@@ -223,7 +217,7 @@ class GGUFExplorer(widgets.VBox):
         if plan is None:
             self.recipe.draw(recipe_map(file_recipe(f), title=f"The recipe of {Path(str(f.path)).name}"))
         else:
-            self.recipe.draw(recipe_map(plan_recipe(plan), title=f"{plan.recipe.name} for "
+            self.recipe.draw(recipe_map(plan, title=f"{plan.recipe.name} for "
                                                                   f"{Path(str(f.path)).name}, planned"))
         self.add_class("qviz-gguf")
         self.filter.observe(self._on_filter, names="value")
