@@ -5,12 +5,18 @@ Same public names and results, bit for bit, as the numpy reference (also
 parallel (``prange``); each row works in scratch arrays allocated once.
 
 The sub-block search is ggml's ``quantize_row_iq3_xxs_impl`` /
-``quantize_row_iq3_s_impl`` as scalar float32 loops in ggml's order, one
-``xxs`` flag choosing between the two (parity-fixed signs, the skip threshold,
-the trial count, which runs the second pass redoes). The lattice's tables
-(:func:`qviz.formats.iq_lattice.lattice`) come in as arguments: ``kmap``,
-``neighbours``, the odd search coordinates as float32 and the levels. The
-bit layout is drawn in the reference module.
+``quantize_row_iq3_s_impl``, one ``xxs`` flag choosing between the two
+(parity-fixed signs, the skip threshold, the trial count, which runs the
+second pass redoes). Every float32 operation is ggml's, in ggml's order, but
+the loops are turned for speed (about 3.5x ggml on one thread, where a
+transcription ran at 0.8x): run after run, all trials of a run at once (the
+trials are independent until the best is chosen, so a vector lane is a
+trial); the neighbour search over lists laid out as padded float32 vectors,
+its argmin an integer minimum of (distance bits, index) keys; no helper
+taking arrays in the hot loop (numba would count references atomically on
+every call); unsigned indices (no wraparound, so plain vector loads). The
+lattice's tables (:func:`_tables`, from :func:`qviz.formats.iq_lattice.lattice`)
+come in as arguments. The bit layout is drawn in the reference module.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from qviz.kernels.numba.search import JIT_OPTIONS, read_fp16, write_fp16  # also
 
 F32 = np.float32
 FLT_MAX = F32(np.finfo(F32).max)
-U2, U8, U255 = np.uint64(2), np.uint64(8), np.uint64(255)
+U2, U7, U8, U255 = np.uint64(2), np.uint64(7), np.uint64(8), np.uint64(255)
 KEY_FLT_MAX = np.uint64(FLT_MAX.view(np.uint32)) << U8  # search keys from here up: no finite distance
 KEY_NONE = np.uint64(1) << np.uint64(62)
 SKIPPED = F32(-1.0)  # _sub_block's scale of a skipped sub-block (a real one is >= 0)
@@ -36,7 +42,7 @@ TRIALS_XXS, TRIALS_S = N_TRIALS["IQ3_XXS"], N_TRIALS["IQ3_S"]  # trial steps -n.
 
 
 @njit(**JIT_OPTIONS)
-def _sub_block(xb, weight, xxs, kmap, cand_at, cand_n, cand_q, cand_g, coords, grid, signs, scr, Q, G, ON, U):
+def _sub_block(xb, weight, xxs, cand_at, cand_n, cand_s, cand_q, cand_g, coords, grid, signs, scr, Q, G, ON, U):
     """One sub-block (32,) with its error weights: writes grid (8,) int64 and signs (4,) int64, returns
     the scale (float32 >= 0; SKIPPED for a sub-block skipped as all zero).
 
@@ -119,7 +125,7 @@ def _sub_block(xb, weight, xxs, kmap, cand_at, cand_n, cand_q, cand_g, coords, g
             off = RUN * k
             x0, x1, x2, x3 = scr[1, off], scr[1, off + 1], scr[1, off + 2], scr[1, off + 3]
             w0, w1, w2, w3 = scr[0, off], scr[0, off + 1], scr[0, off + 2], scr[0, off + 3]
-            for t in range(lo, hi):
+            for t in range(lo, lo + ((hi - lo + U7) & ~U7)):  # whole vectors: slots past hi are ignored
                 inv = scr[3, t]
                 l0 = max(0, min(KMAXQ - 1, nearest_int(F32(0.5) * (inv * x0 - F32(1.0)))))
                 l1 = max(0, min(KMAXQ - 1, nearest_int(F32(0.5) * (inv * x1 - F32(1.0)))))
@@ -127,40 +133,43 @@ def _sub_block(xb, weight, xxs, kmap, cand_at, cand_n, cand_q, cand_g, coords, g
                 l3 = max(0, min(KMAXQ - 1, nearest_int(F32(0.5) * (inv * x3 - F32(1.0)))))
                 U[t] = l0 | (l1 << 3) | (l2 << 6) | (l3 << 9)
             for t in range(lo, hi):
-                u = U[t]
-                g = np.int64(kmap[u])
+                u = U[t]  # uint64, as are the list's start b, its length npad and j: loads, not gathers
+                npad = cand_n[u]
                 if not refit:
-                    ON[t, k] = g >= 0
-                if g < 0:  # ggml's iq3_find_best_neighbour
-                    sc = scr[4, t]
-                    npad = cand_n[u]  # uint64, as are b and j: indices that cannot wrap, so loads, not gathers
-                    b = cand_at[u]
-                    b1 = b + npad
-                    b2 = b1 + npad
-                    b3 = b2 + npad
-                    # The least of keys (bits of d2) << 8 | j is the least d2 and, among equal ones, the first,
-                    # as ggml's strict d2 < best scan finds it: d2 >= +0 or nan, and the bits of such floats
-                    # are in their order (nan and inf above FLT_MAX, which ggml's scan never takes either).
-                    key = KEY_NONE
-                    for j in range(npad):
-                        diff = sc * cand_q[b + j] - x0
-                        acc = F32(0.0) + w0 * diff * diff
-                        diff = sc * cand_q[b1 + j] - x1
-                        acc += w1 * diff * diff
-                        diff = sc * cand_q[b2 + j] - x2
-                        acc += w2 * diff * diff
-                        diff = sc * cand_q[b3 + j] - x3
-                        acc += w3 * diff * diff
-                        key = min(key, (np.uint64(F32(acc).view(np.uint32)) << U8) | j)
-                    if key < KEY_FLT_MAX:
-                        g = np.int64(cand_g[(b >> U2) + (key & U255)])
-                    else:  # no finite distance: ggml aborts
-                        g = np.int64(0)
-                G[t, k] = g
-                Q[off, t] = coords[g, 0]
-                Q[off + 1, t] = coords[g, 1]
-                Q[off + 2, t] = coords[g, 2]
-                Q[off + 3, t] = coords[g, 3]
+                    ON[t, k] = npad == 0  # on the grid: an empty list
+                # ggml's iq3_find_best_neighbour. A run on the grid has an empty list whose "first candidate"
+                # is its own point: the same code, no branch to mispredict.
+                sc = scr[4, t]
+                b = cand_at[u]
+                st = cand_s[u]
+                b1 = b + st
+                b2 = b1 + st
+                b3 = b2 + st
+                # The least of keys (bits of d2) << 8 | j is the least d2 and, among equal ones, the first,
+                # as ggml's strict d2 < best scan finds it: d2 >= +0 or nan, and the bits of such floats
+                # are in their order (nan and inf above FLT_MAX, which ggml's scan never takes either).
+                key = KEY_NONE
+                for j in range(npad):
+                    diff = sc * cand_q[b + j] - x0
+                    acc = F32(0.0) + w0 * diff * diff
+                    diff = sc * cand_q[b1 + j] - x1
+                    acc += w1 * diff * diff
+                    diff = sc * cand_q[b2 + j] - x2
+                    acc += w2 * diff * diff
+                    diff = sc * cand_q[b3 + j] - x3
+                    acc += w3 * diff * diff
+                    key = min(key, (np.uint64(F32(acc).view(np.uint32)) << U8) | j)
+                jm = key & U255  # 0 for an empty list
+                if key >= KEY_FLT_MAX and npad > 0:  # no finite distance: ggml aborts; grid point 0
+                    G[t, k] = 0
+                    for i in range(RUN):
+                        Q[off + i, t] = coords[0, i]
+                    continue
+                G[t, k] = cand_g[(b >> U2) + jm]
+                Q[off, t] = cand_q[b + jm]
+                Q[off + 1, t] = cand_q[b1 + jm]
+                Q[off + 2, t] = cand_q[b2 + jm]
+                Q[off + 3, t] = cand_q[b3 + jm]
         for t in range(lo, hi):  # ggml's sum w*xval*q and sum w*q*q, in order: a lane a trial
             scr[5, t] = F32(0.0)
             scr[6, t] = F32(0.0)
@@ -201,15 +210,15 @@ def _quantize(x, imatrix, out, xxs, tabs, fudge):
     """
     n_rows, n_cols = x.shape
     size = 98 if xxs else 110
-    kmap, cand_at, cand_n, cand_q, cand_g, coords = tabs
+    cand_at, cand_n, cand_s, cand_q, cand_g, coords = tabs
     for r in prange(n_rows):
         xr = x[r]
         weight = np.empty(QK, dtype=F32)
-        scr = np.empty((7, 32), dtype=F32)
+        scr = np.zeros((7, 40), dtype=F32)  # 40: the rounding's vectors reach past the refit's slot
         Q = np.empty((QK, 32), dtype=F32)
         G = np.empty((32, N_RUNS), dtype=np.int64)
         ON = np.empty((32, N_RUNS), dtype=np.bool_)
-        U = np.empty(32, dtype=np.int64)
+        U = np.empty(40, dtype=np.uint64)
         grid = np.zeros((N_SUB, N_RUNS), dtype=np.int64)
         signs = np.zeros((N_SUB, 4), dtype=np.int64)
         scales = np.empty(N_SUB, dtype=F32)
@@ -229,7 +238,7 @@ def _quantize(x, imatrix, out, xxs, tabs, fudge):
                 else:
                     for i in range(QK):
                         weight[i] = imatrix[b * QK_K + QK * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-                s = _sub_block(xb, weight, xxs, kmap, cand_at, cand_n, cand_q, cand_g, coords, grid[ib], signs[ib],
+                s = _sub_block(xb, weight, xxs, cand_at, cand_n, cand_s, cand_q, cand_g, coords, grid[ib], signs[ib],
                                scr, Q, G, ON, U)
                 kept[ib] = s != SKIPPED
                 s = max(s, F32(0.0))
@@ -332,29 +341,37 @@ def _unpack(packed, codes, scales, mins, xxs, levels, ksigns):
 
 
 def _tables(type_name: str):
-    """The lattice's search tables: kmap int32 (4096,); for each off-grid packed ``u`` its neighbour list,
-    padded to ``cand_n[u]`` (a multiple of 8) with infinite coordinates (never chosen), as the coordinates
-    q = 2l+1 of its candidates in ``cand_q[cand_at[u]:][:4 * cand_n[u]]`` float32 (first coordinates, then
-    second, ...) and their grid numbers in ``cand_g[cand_at[u] // 4:][:cand_n[u]]`` int32; coords float32
-    (n, 4) of the grid points. Also levels int8 (n, 4)."""
+    """The lattice's search tables: for each packed ``u`` (4096) its neighbour list, ``cand_n[u]`` long
+    (padded to a multiple of 4 with infinite coordinates, never chosen; 0 for a point of the grid): the
+    coordinates q = 2l+1 of its candidates ``cand_q[cand_at[u] + i * cand_s[u] + j]`` float32 (coordinate
+    ``i`` of candidate ``j``) and their grid numbers ``cand_g[cand_at[u] // 4 + j]`` int32; a point of the
+    grid has its own coordinates and number there as candidate 0 (``cand_s[u] = 1``). Also coords float32
+    (n, 4) of the grid points and their levels int8 (n, 4)."""
     lat = lattice(LATTICE[type_name])
     kmap, nb = lat.kmap, lat.neighbours
     coords = lat.search.astype(F32)
     cand_at = np.zeros(len(kmap), dtype=np.uint64)
     cand_n = np.zeros(len(kmap), dtype=np.uint64)
+    cand_s = np.zeros(len(kmap), dtype=np.uint64)
     q_parts, g_parts, at = [], [], 0
-    for u in np.flatnonzero(kmap < 0):
-        start = -int(kmap[u]) - 1
-        g = nb[start + 1:start + 1 + int(nb[start])].astype(np.int32)
-        npad = -(-len(g) // 8) * 8
-        q = np.full((RUN, npad), np.inf, dtype=F32)
-        q[:, :len(g)] = coords[g].T
-        cand_at[u], cand_n[u] = RUN * at, npad
+    for u in range(len(kmap)):
+        if kmap[u] >= 0:  # a point of the grid: an empty list, the point itself as its candidate 0
+            q = coords[kmap[u]]
+            g = np.array([kmap[u]], dtype=np.int32)
+            npad, stride = 0, 1
+        else:
+            start = -int(kmap[u]) - 1
+            g = nb[start + 1:start + 1 + int(nb[start])].astype(np.int32)
+            npad = stride = -(-len(g) // 4) * 4
+            q = np.full((RUN, npad), np.inf, dtype=F32)
+            q[:, :len(g)] = coords[g].T
+            g = np.concatenate([g, np.zeros(npad - len(g), dtype=np.int32)])
+        cand_at[u], cand_n[u], cand_s[u] = RUN * at, npad, stride
         q_parts.append(q.ravel())
-        g_parts.append(np.concatenate([g, np.zeros(npad - len(g), dtype=np.int32)]))
-        at += npad
+        g_parts.append(g)
+        at += len(g)
     assert max(cand_n) < 256  # the index in the low byte of a search key
-    tabs = (kmap, cand_at, cand_n, np.concatenate(q_parts), np.concatenate(g_parts), coords)
+    tabs = (cand_at, cand_n, cand_s, np.concatenate(q_parts), np.concatenate(g_parts), coords)
     return tabs, lat.levels.astype(np.int8)
 
 
