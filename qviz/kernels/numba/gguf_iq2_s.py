@@ -12,7 +12,7 @@ rounding, neighbour search and sums do not depend on the other trials, only
 ggml's keep-the-best step does, and it runs afterwards in trial order. A run's
 consecutive trials that round to the same off-grid point (about six of them)
 search its candidate list together, in LLVM vector code (:func:`_window_search`).
-On one thread this is about 2.5x ggml's C on (256, 4096) rows; rows in parallel
+On one thread this is about 2.5-2.8x ggml's C on (256, 4096) rows; rows in parallel
 give the rest. Sub-blocks with NaN or inf take ggml's loop as written
 (:func:`_search_sub_block`), which also serves as the readable form.
 
@@ -46,7 +46,8 @@ LEVEL_VALUES = np.array([8, 25, 43], dtype=F32)
 
 NT = 2 * N_TRIALS + 1  # trial scales a sub-block tries
 W = 8  # trials searched together (one 256-bit vector of float32)
-TP = 32  # trial lanes in the scratch: NT, and W past the last window start
+TP = 32  # lanes of the trial scales: NT, and W past the last window start
+NL = 24  # lanes of the roundings and sums: NT, rounded up to whole vectors of 8
 FLT_MAX = F32(np.finfo(np.float32).max)
 # ggml's trial numerators 2*K_MAX_Q-1 + 0.1*is in float32; lanes past the last trial repeat it
 TRIAL_NUMERATORS = (F32(2 * K_MAX_Q - 1)
@@ -177,7 +178,7 @@ def _lane_levels(idv, x, p, q, qi, u, ui):
     their length from an array, and index rows of 2-d arrays by ``t``: numba unrolls a loop of
     constant length, and guards an index that may be negative, before LLVM could vectorize.
     """
-    for t in range(idv.shape[0]):
+    for t in range(q.shape[1]):
         v = F32(0.5) * (idv[t] * x - F32(1.0))
         l = F32(v > F32(0.5)) + F32(v >= F32(1.5))
         q[qi, t] = F32(2.0) * l + F32(1.0)
@@ -300,6 +301,7 @@ def _search_sub_block_lanes(xval, weight, waux, o, kmap, neighbours, grid, codes
     for t in range(idv.shape[0]):
         idv[t] = TRIAL_NUMERATORS[t] / vmax
         tsv[t] = F32(1.0) / idv[t]
+    for t in range(U.shape[1]):
         U[0, t] = F32(0.0)
         U[1, t] = F32(0.0)
     for i in range(SUB):
@@ -351,16 +353,18 @@ def _search_sub_block_lanes(xval, weight, waux, o, kmap, neighbours, grid, codes
     on1 = K[1, tb] >= 0
     if (not on0 or not on1) and scale > 0:
         id_ = F32(1.0) / scale
-        if not on0:
-            u = _round_run(id_, xval, o, L, 0)
+        for lane in range(W):
+            idv[lane] = scale  # every lane the refit's scale: _window_search as a one-trial search
+        for r in range(2):
+            if K[r, tb] >= 0:
+                continue
+            u = _round_run(id_, xval, o + RUN * r, L, RUN * r)
             k = kmap[u]
             if k < 0:
-                _best_neighbour(neighbours, -k - 1, grid, xval, waux, o, scale, L, 0)
-        if not on1:
-            u = _round_run(id_, xval, o + RUN, L, RUN)
-            k = kmap[u]
-            if k < 0:
-                _best_neighbour(neighbours, -k - 1, grid, xval, waux, o + RUN, scale, L, RUN)
+                _window_search(neighbours, -k - 1, codes, idv, 0, xval, waux, o + RUN * r, bj)
+                g = neighbours[-k + bj[0]] if bj[0] >= 0 else grid.shape[0] - 1
+                for i in range(RUN):
+                    L[RUN * r + i] = np.int8((np.int64(grid[g, i]) - 1) // 2)
         sumqx, sumq2 = _sums(L, xval, weight, o)
         if sumq2 > 0:
             scale = sumqx / sumq2
@@ -370,9 +374,9 @@ def _search_sub_block_lanes(xval, weight, waux, o, kmap, neighbours, grid, codes
 @njit(**JIT_OPTIONS)
 def _scratch():
     """One row's scratch for :func:`_search_sub_block_lanes`."""
-    return (np.empty(TP, dtype=F32), np.empty(TP, dtype=F32), np.empty((SUB, TP), dtype=F32),
-            np.empty((2, TP), dtype=F32), np.empty((2, TP), dtype=np.int32),
-            np.empty(TP, dtype=F32), np.empty(TP, dtype=F32), np.empty(W, dtype=np.int32))
+    return (np.empty(TP, dtype=F32), np.empty(TP, dtype=F32), np.empty((SUB, NL), dtype=F32),
+            np.empty((2, NL), dtype=F32), np.empty((2, NL), dtype=np.int32),
+            np.empty(NL, dtype=F32), np.empty(NL, dtype=F32), np.empty(W, dtype=np.int32))
 
 
 @njit(parallel=True, **JIT_OPTIONS)
