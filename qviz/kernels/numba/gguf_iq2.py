@@ -15,7 +15,9 @@ quadratic in the scale (:func:`_quadratic`); a trial then evaluates those
 the neighbours within a proven rounding bound of the least (:func:`_nearest`).
 The fit's sums keep their order; runs before the first changed point reuse
 their partial sums, and a trial with the same points as the one before is
-skipped (it cannot change the state).
+skipped (it cannot change the state). The helpers are inlined into the row
+kernel (``inline="always"``): a call passing a dozen arrays otherwise costs
+their reference counting, more than the work of a small search.
 """
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def tables(name: str) -> tuple[np.ndarray, ...]:
 
 # ------------------------------------------------------------------ search
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _distance(coords, at, n, j, xval, waux, off, scale):
     """ggml's float32 ``d2`` of neighbour ``j`` of the list whose coordinates start at ``at`` (count ``n``)."""
     d2 = F32(0.0)
@@ -96,7 +98,7 @@ def _distance(coords, at, n, j, xval, waux, off, scale):
     return d2
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _best_neighbour(neighbours, coords, start, xval, waux, off, scale):
     """ggml's ``iq2_find_best_neighbour`` for the list at ``start``, every neighbour measured: the grid
     number chosen, or -1 (none below FLT_MAX: ggml asserts). The run is ``xval[off:off+8]``."""
@@ -111,7 +113,7 @@ def _best_neighbour(neighbours, coords, start, xval, waux, off, scale):
     return g
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _quadratic(coords, start, n, xval, waux, off, a, b):
     """``a[j] = sum(waux * q**2)``, ``b[j] = 2 * sum(waux * xval * q)`` (float32) over the ``n`` neighbours
     of the list at ``start``: neighbour ``j``'s distance is ``c + s * (s * a[j] - b[j])`` in exact
@@ -132,7 +134,7 @@ def _quadratic(coords, start, n, xval, waux, off, a, b):
             b[j] += wx * q
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _nearest(neighbours, coords, start, a, b, f, xval, waux, off, scale, bound):
     """``iq2_find_best_neighbour``'s answer from the quadratics ``a``, ``b`` (:func:`_quadratic`).
 
@@ -171,7 +173,7 @@ def _nearest(neighbours, coords, start, a, b, f, xval, waux, off, scale, bound):
     return g
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _level_runs(kmap, neighbours, coords, levels, xval, waux, n, iscale, scale, redo, out, on_grid, grid,
                 sums, cache_u, cache_a, cache_b, slots, f):
     """Levels of the runs ``k`` with ``redo[k]`` on inverse scale ``iscale`` into ``out`` (int8 (n,));
@@ -220,7 +222,7 @@ def _level_runs(kmap, neighbours, coords, levels, xval, waux, n, iscale, scale, 
     return True
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _fit(fqx, fq2, L, n, k0, partial):
     """``(sum(w*x*q), sum(w*q*q))`` with ``q = 2L+1``, in order, float32; ``fqx[i, l]``, ``fq2[i, l]`` hold
     the terms of level ``l``. ``partial[:, k]`` keeps the two sums before run ``k``; those up to run ``k0``
@@ -239,7 +241,7 @@ def _fit(fqx, fq2, L, n, k0, partial):
     return sumqx, sumq2
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs, work, flags, L, Laux, Lqp,
                fterms, psums, sums, ints, cache_u, cache_a, cache_b, f):
     """One sub-block of ``quantize_row_iq2_{xxs,xs}_impl`` (the reference's ``_sub_block``).
