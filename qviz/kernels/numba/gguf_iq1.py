@@ -43,6 +43,9 @@ _LAT = lattice("iq1s")
 LEVELS = np.ascontiguousarray(_LAT.levels)  # (2048, 8) uint8
 KMAP = np.ascontiguousarray(_LAT.kmap)  # (43692,) int32
 NEIGHBOURS = np.ascontiguousarray(_LAT.neighbours)  # uint16
+#: each grid point's 8 levels packed 2 bits each (level j at bits 2j, 2j+1)
+GCODES = (LEVELS.astype(np.int32) << (2 * np.arange(8, dtype=np.int32))).sum(axis=1, dtype=np.int32)
+MAX_NEIGHBOURS = int(NEIGHBOURS[-KMAP[KMAP < 0] - 1].max())  # the longest neighbour list
 SHIFTED = np.stack([X_P, X_M]).astype(F32)  # (2, 3): row 0 up, row 1 down
 MASKS = M_MASKS.astype(np.int64)
 
@@ -60,6 +63,30 @@ def _sigma2(x, base):
 
 @njit(**JIT_OPTIONS)
 def _sort(xb, n, order):
+    """Stable ascending order of ``xb[:n]`` into ``order[:n]``.
+
+    Weight ``i`` goes to position ``#{j: x_j < x_i} + #{j < i: x_j == x_i}``
+    (counted in vectorisable loops): the stable order for any rows without NaN
+    (-0.0 and +0.0 compare equal and keep their order). A run with a NaN takes
+    the insertion sort instead.
+    """
+    nan = False
+    for j in range(n):
+        nan |= xb[j] != xb[j]
+    if nan:
+        _insertion_sort(xb, n, order)
+        return
+    for i in range(n):
+        v = xb[i]
+        cnt = np.int32(0)
+        for j in range(n):
+            xj = xb[j]
+            cnt += np.int32(xj < v) + np.int32((xj == v) & (j < i))
+        order[cnt] = i
+
+
+@njit(**JIT_OPTIONS)
+def _insertion_sort(xb, n, order):
     """Stable ascending order of ``xb[:n]`` into ``order[:n]`` (insertion sort)."""
     for j in range(n):
         order[j] = j
@@ -74,19 +101,6 @@ def _sort(xb, n, order):
 
 
 @njit(**JIT_OPTIONS)
-def _level_errors(xb, w, off, scale, xg, s, e):
-    """``e[i, l] = (w_i*diff)*diff`` with ``diff = scale*xg[s, l] - x_i`` for the run at ``xb[off:off+8]``.
-
-    ggml computes these products afresh for every candidate point; each point's
-    error is then the sum of its eight entries in order, the same float32 sum.
-    """
-    for i in range(8):
-        for lev in range(3):
-            diff = scale * xg[s, lev] - xb[off + i]
-            e[i, lev] = w[off + i] * diff * diff
-
-
-@njit(**JIT_OPTIONS)
 def _run_error(levels, g, e):
     """Error of grid point ``g``: ``sum_i e[i, l_i]`` in order."""
     d2 = F32(0.0)
@@ -96,29 +110,48 @@ def _run_error(levels, g, e):
 
 
 @njit(**JIT_OPTIONS)
-def _best_neighbour(levels, neighbours, start, xb, w, off, scale, xg, s):
-    """ggml's ``iq1_find_best_neighbour2`` on the run at ``xb[off:off+8]``; neighbour list at ``start``."""
-    e = np.empty((8, 3), dtype=F32)
-    _level_errors(xb, w, off, scale, xg, s, e)
+def _best_neighbour(levels, neighbours, gcodes, start, xb, w, off, scale, xg, s, e, d2):
+    """ggml's ``iq1_find_best_neighbour2`` on the run at ``xb[off:off+8]``; neighbour list at ``start``.
+
+    ``e[i, l] = (w_i*diff)*diff`` with ``diff = scale*xg[s, l] - x_i`` are the
+    products ggml computes afresh for every candidate; each candidate's error
+    is the sum of its eight entries in order, the same float32 sum, computed for
+    all candidates before the first-smallest is picked (``gcodes``: each grid
+    point's levels, 2 bits each). e float32 (8, 3) and d2 float32 (>= the
+    longest list) are scratch.
+    """
+    for i in range(8):
+        xi = xb[off + i]
+        wi = w[off + i]
+        for lev in range(3):
+            diff = scale * xg[s, lev] - xi
+            e[i, lev] = wi * diff * diff
+    n = np.int64(neighbours[start])
+    first = start + 1
+    for c in range(n):
+        code = gcodes[neighbours[first + c]]
+        d = F32(0.0)
+        for i in range(8):
+            d += e[i, (code >> (2 * i)) & 3]
+        d2[c] = d
     best = FLT_MAX
     found = -1
-    for j in range(1, np.int64(neighbours[start]) + 1):
-        g = np.int64(neighbours[start + j])
-        d2 = _run_error(levels, g, e)
-        if d2 < best:
-            best = d2
+    for c in range(n):
+        if d2[c] < best:
+            best = d2[c]
+            found = c
+    if found >= 0:
+        return np.int64(neighbours[first + found])
+    for g in range(levels.shape[0]):  # ggml's full-grid fallback (out of bounds there; the run's own weights here)
+        dd = _run_error(levels, g, e)
+        if dd < best:
+            best = dd
             found = g
-    if found < 0:  # ggml's full-grid fallback (out of bounds there; the run's own weights here)
-        for g in range(levels.shape[0]):
-            d2 = _run_error(levels, g, e)
-            if d2 < best:
-                best = d2
-                found = g
     return found
 
 
 @njit(**JIT_OPTIONS)
-def _grid_runs(L, n_runs, xb, w, scale, shift_of_run, levels, kmap, neighbours, index):
+def _grid_runs(L, n_runs, xb, w, scale, shift_of_run, levels, kmap, neighbours, gcodes, index, e, d2):
     """Grid numbers of the runs of 8 levels ``L`` into ``index``; returns whether all were on the grid."""
     on_grid = True
     for k in range(n_runs):
@@ -128,7 +161,8 @@ def _grid_runs(L, n_runs, xb, w, scale, shift_of_run, levels, kmap, neighbours, 
         g = np.int64(kmap[u])
         if g < 0:
             on_grid = False
-            g = _best_neighbour(levels, neighbours, -g - 1, xb, w, 8 * k, scale, SHIFTED, shift_of_run[k])
+            g = _best_neighbour(levels, neighbours, gcodes, -g - 1, xb, w, 8 * k, scale, SHIFTED, shift_of_run[k],
+                                e, d2)
         index[k] = g
     return on_grid
 
@@ -164,11 +198,17 @@ def _split_levels(order, n, i1, i2, L):
 # ------------------------------------------------------------ IQ1_S
 
 @njit(**JIT_OPTIONS)
-def _iq1_s_search(xb, w, order, sumx, sumw, cp, res):
+def _iq1_s_search(xb, w, order, sumx, sumw, cp, tr, res):
     """ggml's split search of a 32-weight sub-block (sorted by ``order``).
 
     Writes res[0] = i1, res[1] = i2, res[2] = shift (1, -1; 0 when none found);
-    returns the scale. ``cp`` float32 (4, 33) is scratch.
+    returns the scale. ``sumx``, ``sumw`` float32 (33,), ``cp`` and ``tr`` float32 (4, 33) are scratch.
+
+    For each first boundary ``i1`` the trials of every ``i2`` are computed at
+    once (independent float32 expressions, each in ggml's order) together with
+    whether any of them passes ggml's test against the best so far; only a row
+    with a pass is scanned in ggml's order (a row without one leaves the best
+    unchanged, so skipping it cannot change the result).
     """
     n = S_BLOCK
     p0, p1, p2 = X_P[0], X_P[1], X_P[2]
@@ -190,25 +230,40 @@ def _iq1_s_search(xb, w, order, sumx, sumw, cp, res):
     scale = F32(0.0)
     res[2] = 0
     for i1 in range(n + 1):
-        a = sumx[i1] - sumx[0]
-        aw = sumw[i1] - sumw[0]
+        x1 = sumx[i1]
+        w1 = sumw[i1]
+        a = x1 - sumx[0]
+        aw = w1 - sumw[0]
         ap = a * p0
         am = a * m0
         awp = (aw * p0) * p0
         awm = (aw * m0) * m0
+        hit = False
         for i2 in range(i1, n + 1):
-            bp = (sumx[i2] - sumx[i1]) * p1  # the down-shifted term is -bp
-            bw = ((sumw[i2] - sumw[i1]) * p1) * p1  # the same for both shifts
+            bp = (sumx[i2] - x1) * p1  # the down-shifted term is -bp
+            bw = ((sumw[i2] - w1) * p1) * p1  # the same for both shifts
             qx = (ap + bp) + cp[0, i2]
             q2 = (awp + bw) + cp[2, i2]
+            mx = (am - bp) + cp[1, i2]
+            mq = (awm + bw) + cp[3, i2]
+            tr[0, i2] = qx
+            tr[1, i2] = q2
+            tr[2, i2] = mx
+            tr[3, i2] = mq
+            hit |= ((q2 > 0) & (qx * qx > best * q2)) | ((mq > 0) & (mx * mx > best * mq))
+        if not hit:
+            continue
+        for i2 in range(i1, n + 1):
+            qx = tr[0, i2]
+            q2 = tr[1, i2]
             if q2 > 0 and qx * qx > best * q2:
                 scale = qx / q2
                 best = scale * qx
                 res[0] = i1
                 res[1] = i2
                 res[2] = 1
-            qx = (am - bp) + cp[1, i2]
-            q2 = (awm + bw) + cp[3, i2]
+            qx = tr[2, i2]
+            q2 = tr[3, i2]
             if q2 > 0 and qx * qx > best * q2:
                 scale = qx / q2
                 best = scale * qx
@@ -219,7 +274,7 @@ def _iq1_s_search(xb, w, order, sumx, sumw, cp, res):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours):
+def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours, gcodes):
     """IQ1_S rows into ``out`` (ggml's ``quantize_iq1_s``; the imatrix is required).
 
     x : float32 (n_rows, n_cols), n_cols a multiple of 256; imatrix : float32
@@ -234,6 +289,9 @@ def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours):
         sumx = np.empty(S_BLOCK + 1, dtype=F32)
         sumw = np.empty(S_BLOCK + 1, dtype=F32)
         cp = np.empty((4, S_BLOCK + 1), dtype=F32)
+        tr = np.empty((4, S_BLOCK + 1), dtype=F32)
+        e = np.empty((8, 3), dtype=F32)
+        d2 = np.empty(MAX_NEIGHBOURS, dtype=F32)
         res = np.zeros(3, dtype=np.int64)
         L = np.empty(S_BLOCK, dtype=np.int64)
         index = np.empty(4, dtype=np.int64)
@@ -257,7 +315,7 @@ def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours):
                 if amax < EPS_S:
                     continue
                 _sort(xb, S_BLOCK, order)
-                scale = _iq1_s_search(xb, w, order, sumx, sumw, cp, res)
+                scale = _iq1_s_search(xb, w, order, sumx, sumw, cp, tr, res)
                 if res[2] == 0:
                     continue
                 shift = res[2]
@@ -269,7 +327,7 @@ def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours):
                     shift = -shift
                 for k in range(4):
                     shift_of_run[k] = 0 if shift == 1 else 1
-                if not _grid_runs(L, 4, xb, w, scale, shift_of_run, levels, kmap, neighbours, index):
+                if not _grid_runs(L, 4, xb, w, scale, shift_of_run, levels, kmap, neighbours, gcodes, index, e, d2):
                     sums[0] = F32(0.0)
                     sums[1] = F32(0.0)
                     _refit(index, 4, xb, w, shift_of_run, levels, F32(1.0), sums)
@@ -378,7 +436,7 @@ def _iq1_m_weights(xr, imatrix, base, sigma2, w):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours):
+def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours, gcodes):
     """IQ1_M rows into ``out`` (ggml's ``quantize_iq1_m``).
 
     x : float32 (n_rows, n_cols), n_cols a multiple of 256; imatrix : float32
@@ -392,6 +450,8 @@ def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours):
         order = np.empty(M_BLOCK, dtype=np.int64)
         tx = np.empty((M_BLOCK, 3, 4), dtype=F32)
         t2 = np.empty((M_BLOCK, 3, 4), dtype=F32)
+        e = np.empty((8, 3), dtype=F32)
+        d2 = np.empty(MAX_NEIGHBOURS, dtype=F32)
         res = np.zeros(3, dtype=np.int64)
         L = np.empty(M_BLOCK, dtype=np.int64)
         index = np.zeros((n_sub, 2), dtype=np.int64)
@@ -417,7 +477,7 @@ def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours):
                 index[ib, 1] = 0
                 if amax < EPS_M:
                     continue
-                _sort(xb, M_BLOCK, order)
+                _insertion_sort(xb, M_BLOCK, order)
                 scale = _iq1_m_search(xb, w, order, tx, t2, res)
                 k = res[2]
                 if k < 0:
@@ -430,7 +490,8 @@ def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours):
                     k = 3 - k
                 shift_of_run[0] = k >> 1
                 shift_of_run[1] = k & 1
-                if not _grid_runs(L, 2, xb, w, scale, shift_of_run, levels, kmap, neighbours, index[ib]):
+                if not _grid_runs(L, 2, xb, w, scale, shift_of_run, levels, kmap, neighbours, gcodes, index[ib],
+                                  e, d2):
                     sums[0] = F32(0.0)
                     sums[1] = F32(0.0)
                     _refit(index[ib], 2, xb, w, shift_of_run, levels, F32(1.0), sums)
@@ -588,10 +649,10 @@ def _dequantize_iq1_m(packed, out, levels):
 
 
 _quantize_s, dequantize_iq1_s, unpack_iq1_s = twins(
-    "IQ1_S", (_quantize_iq1_s, LEVELS, KMAP, NEIGHBOURS), (_dequantize_iq1_s, LEVELS),
+    "IQ1_S", (_quantize_iq1_s, LEVELS, KMAP, NEIGHBOURS, GCODES), (_dequantize_iq1_s, LEVELS),
     (_unpack_iq1_s, LEVELS), codebook=CODEBOOK)
 quantize_iq1_m, dequantize_iq1_m, unpack_iq1_m = twins(
-    "IQ1_M", (_quantize_iq1_m, LEVELS, KMAP, NEIGHBOURS), (_dequantize_iq1_m, LEVELS),
+    "IQ1_M", (_quantize_iq1_m, LEVELS, KMAP, NEIGHBOURS, GCODES), (_dequantize_iq1_m, LEVELS),
     (_unpack_iq1_m, LEVELS), codebook=CODEBOOK)
 
 
