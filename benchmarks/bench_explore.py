@@ -17,7 +17,7 @@ Then the bundled SmolLM2 GGUF's 49152 × 576 ``token_embd.weight`` is opened
 
 Usage::
 
-    python benchmarks/bench_explore.py [--size 4096] [--repeats 5] [--skip-embedding]
+    python benchmarks/bench_explore.py [--size 4096] [--repeats 5] [--skip-embedding] [--types RTN,Q4_K]
 """
 from __future__ import annotations
 
@@ -40,10 +40,11 @@ from _common import machine  # noqa: E402
 GOAL_MS = 250
 
 
-def _settings() -> dict:
+def _settings(only: list[str] | None = None) -> dict:
     from qviz import registry
 
-    return {"RTN": ("rtn", {"bits": 4, "group_size": 128}), **{t: (t, {}) for t in registry.types()}}
+    every = {"RTN": ("rtn", {"bits": 4, "group_size": 128}), **{t: (t, {}) for t in registry.types()}}
+    return every if not only else {k: v for k, v in every.items() if k in only}
 
 
 def _ms(fn) -> float:
@@ -75,7 +76,7 @@ def _figure_numbers(ex) -> int:
     return total
 
 
-def bench_layer(size: int, repeats: int) -> None:
+def bench_layer(size: int, repeats: int, only: list[str] | None = None) -> None:
     import qviz
     from qviz.summary import summarize
     from qviz.widgets.explore import explore
@@ -84,9 +85,16 @@ def bench_layer(size: int, repeats: int) -> None:
     w = (rng.standard_normal((size, size)) * 0.02).astype(np.float32)
     x = rng.standard_normal((128, size)).astype(np.float32)
     small = w[:256, :512].copy()  # big enough for the parallel kernels (summary.FEW)
-    settings = _settings()
+    settings = _settings(only)
+    im = qviz.imatrix(x)
+
+    def needed(method: str, cols: np.ndarray | slice = slice(None)) -> dict:
+        """The imatrix for the types that refuse to quantize without one (the explorer switches it on)."""
+        return {"imatrix": im[cols]} if qviz.registry.method(method).role("importance") and \
+            not next(o for o in qviz.registry.method(method).options if o.name == "imatrix").optional else {}
+
     for method, options in settings.values():  # JIT / numba cache, untimed
-        summarize(qviz.quantize(small, method, **options), small)
+        summarize(qviz.quantize(small, method, **options, **needed(method, slice(0, 512))), small)
     start = ("rtn", {"bits": 3, "group_size": 64})  # a setting none of the timed ones reuses
     t_build = _ms(lambda: explore(w, calib=x, method=start[0], **start[1]))
     ex = explore(w, calib=x, method=start[0], **start[1])
@@ -94,7 +102,7 @@ def bench_layer(size: int, repeats: int) -> None:
     print(f"{'setting':8} {'uncached ms':>12} {'quantize ms':>12} {'cached ms (median)':>19}")
     worst = 0.0
     for name, (method, options) in settings.items():
-        t_quant = _ms(lambda: qviz.quantize(w, method, **options))
+        t_quant = _ms(lambda: qviz.quantize(w, method, **options, **needed(method)))
         t_first = _ms(lambda: _switch(ex, method, options))
         cached = []
         for _ in range(repeats):
@@ -142,9 +150,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-embedding", action="store_true")
+    parser.add_argument("--types", default="", help="comma-separated settings (default: RTN and every type)")
     args = parser.parse_args()
     print(machine())
-    bench_layer(args.size, args.repeats)
+    bench_layer(args.size, args.repeats, [t for t in args.types.split(",") if t] or None)
     if not args.skip_embedding:
         bench_embedding()
 

@@ -72,3 +72,13 @@ def test_the_explorer_turns_the_imatrix_on_for_types_that_need_one():
     assert next(o for o in control_options("IQ4_XS") if o.name == "imatrix").default is False
     ex = qviz.explore(qviz.demo.layer("encoder.layer.0.output.dense"), method="IQ2_XXS")  # 1536 wide
     assert ex.message.value == "" and "2.062 bits per weight (IQ2_XXS)" in ex.metrics.value
+
+
+def test_switching_to_a_type_that_needs_an_imatrix_turns_it_on():
+    ex = qviz.explore(qviz.demo.layer("encoder.layer.1.output.dense"), method="Q4_K")
+    assert ex.controls["imatrix"].value is False
+    ex.controls["method"].value = "IQ1_S"
+    assert ex.controls["imatrix"].value is True and ex.message.value == ""
+    assert ex.setting.method == "IQ1_S" and "(IQ1_S)" in ex.metrics.value
+    ex.controls["imatrix"].value = False  # turned off by hand: llama-quantize's refusal, in the widget
+    assert "IQ1_S needs an importance matrix" in ex.message.value

@@ -192,7 +192,15 @@ class Explorer(widgets.VBox):
         """Controls → setting → (cached) summary → every view."""
         options = {k: c for k, c in self.controls.items() if k not in ("method", "row", "group")}
         method = self.controls["method"].value
-        controls.show_only(options, method_options(method) if self.layer.has_weight else ())
+        wanted = method_options(method) if self.layer.has_weight else {}
+        if wanted.get("imatrix") is True and not options["imatrix"].value and \
+                (self.setting is None or self.setting.method != method):
+            self._busy = True  # a type that refuses to work without one (IQ2_XXS …): switch it on
+            try:
+                options["imatrix"].value = True
+            finally:
+                self._busy = False
+        controls.show_only(options, wanted)
         setting = self._current_setting()
         s = self.layer.summary(setting)  # a bad setting raises: shown by show_error
         first = self.summary is None
