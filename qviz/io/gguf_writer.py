@@ -450,11 +450,6 @@ def _recipe_of(types, recipe, options: dict) -> str | None:
     return None
 
 
-def _read_imatrix_file(path) -> dict:
-    """An imatrix file as name -> importance vector (:func:`qviz.io.imatrix.read_imatrix`)."""
-    return dict(read_imatrix(path))
-
-
 def _recipe_steps(src: GGUFFile, table, imatrix, allow_requantize: bool) -> list[_Step]:
     """A recipe's plan as requantize's steps, refusing what llama-quantize refuses before writing."""
     steps = []
@@ -592,7 +587,7 @@ def requantize(src: str | os.PathLike, dst: str | os.PathLike, types=None, imatr
                                  f"(recipe=, qviz.gguf.RECIPES)") from None
             raise
     if gguf_recipes.checked_imatrix_path(imatrix):
-        imatrix = _read_imatrix_file(imatrix)
+        imatrix = dict(read_imatrix(imatrix))
     file_type_id = None
     with read(src) as f:
         if recipe is None:
