@@ -45,6 +45,8 @@ KMAP = np.ascontiguousarray(_LAT.kmap)  # (43692,) int32
 NEIGHBOURS = np.ascontiguousarray(_LAT.neighbours)  # uint16
 #: each grid point's 8 levels packed 2 bits each (level j at bits 2j, 2j+1)
 GCODES = (LEVELS.astype(np.int32) << (2 * np.arange(8, dtype=np.int32))).sum(axis=1, dtype=np.int32)
+#: ``GCODES`` of each entry of ``NEIGHBOURS`` (meaningless at the lists' lengths), 16 bits each, padded by 8
+NBCODES = np.concatenate([GCODES[NEIGHBOURS], np.zeros(8, np.int32)]).astype(np.uint16)
 MAX_NEIGHBOURS = int(NEIGHBOURS[-KMAP[KMAP < 0] - 1].max())  # the longest neighbour list
 SHIFTED = np.stack([X_P, X_M]).astype(F32)  # (2, 3): row 0 up, row 1 down
 MASKS = M_MASKS.astype(np.int64)
@@ -110,15 +112,25 @@ def _run_error(levels, g, e):
 
 
 @njit(**JIT_OPTIONS)
-def _best_neighbour(levels, neighbours, gcodes, start, xb, w, off, scale, xg, s, e, d2):
+def _pick(lev, a, b, c):
+    """``(a, b, c)[lev]`` for ``lev`` 0, 1, 2, as a select."""
+    return a if lev == 0 else (b if lev == 1 else c)
+
+
+@njit(**JIT_OPTIONS)
+def _best_neighbour(levels, neighbours, nbcodes, start, xb, w, off, scale, xg, s, e, d2):
     """ggml's ``iq1_find_best_neighbour2`` on the run at ``xb[off:off+8]``; neighbour list at ``start``.
 
     ``e[i, l] = (w_i*diff)*diff`` with ``diff = scale*xg[s, l] - x_i`` are the
     products ggml computes afresh for every candidate; each candidate's error
     is the sum of its eight entries in order, the same float32 sum, computed for
-    all candidates before the first-smallest is picked (``gcodes``: each grid
-    point's levels, 2 bits each). e float32 (8, 3) and d2 float32 (>= the
-    longest list) are scratch.
+    all candidates before the first-smallest is picked. ``nbcodes[p]`` holds the
+    levels of grid point ``neighbours[p]``, 2 bits each, so the candidates are
+    read contiguously and the entry of each level is a select (no gather): the
+    loop runs over whole vectors of 8 candidates. The up to 7 lanes past the
+    list read the next list's entries (or ``NBCODES``'s zero padding) and are
+    never looked at: the first-smallest is taken over ``d2[:n]`` only. e float32
+    (8, 3) and d2 float32 (>= the longest list + 8) are scratch.
     """
     for i in range(8):
         xi = xb[off + i]
@@ -128,11 +140,28 @@ def _best_neighbour(levels, neighbours, gcodes, start, xb, w, off, scale, xg, s,
             e[i, lev] = wi * diff * diff
     n = np.int64(neighbours[start])
     first = start + 1
-    for c in range(n):
-        code = gcodes[neighbours[first + c]]
+    # the 24 entries as locals: loop-invariant registers (stores into d2 might alias the array e)
+    a0, b0, c0 = e[0, 0], e[0, 1], e[0, 2]
+    a1, b1, c1 = e[1, 0], e[1, 1], e[1, 2]
+    a2, b2, c2 = e[2, 0], e[2, 1], e[2, 2]
+    a3, b3, c3 = e[3, 0], e[3, 1], e[3, 2]
+    a4, b4, c4 = e[4, 0], e[4, 1], e[4, 2]
+    a5, b5, c5 = e[5, 0], e[5, 1], e[5, 2]
+    a6, b6, c6 = e[6, 0], e[6, 1], e[6, 2]
+    a7, b7, c7 = e[7, 0], e[7, 1], e[7, 2]
+    n8 = (n + 7) & -8  # whole vectors: no scalar remainder (NBCODES is padded)
+    codes = nbcodes[first:first + n8]  # a slice: its index c >= 0 needs no wraparound select
+    for c in range(n8):
+        code = np.int32(codes[c])
         d = F32(0.0)
-        for i in range(8):
-            d += e[i, (code >> (2 * i)) & 3]
+        d += _pick(code & 3, a0, b0, c0)
+        d += _pick((code >> 2) & 3, a1, b1, c1)
+        d += _pick((code >> 4) & 3, a2, b2, c2)
+        d += _pick((code >> 6) & 3, a3, b3, c3)
+        d += _pick((code >> 8) & 3, a4, b4, c4)
+        d += _pick((code >> 10) & 3, a5, b5, c5)
+        d += _pick((code >> 12) & 3, a6, b6, c6)
+        d += _pick((code >> 14) & 3, a7, b7, c7)
         d2[c] = d
     best = FLT_MAX
     found = -1
@@ -151,7 +180,7 @@ def _best_neighbour(levels, neighbours, gcodes, start, xb, w, off, scale, xg, s,
 
 
 @njit(**JIT_OPTIONS)
-def _grid_runs(L, n_runs, xb, w, scale, shift_of_run, levels, kmap, neighbours, gcodes, index, e, d2):
+def _grid_runs(L, n_runs, xb, w, scale, shift_of_run, levels, kmap, neighbours, nbcodes, index, e, d2):
     """Grid numbers of the runs of 8 levels ``L`` into ``index``; returns whether all were on the grid."""
     on_grid = True
     for k in range(n_runs):
@@ -161,7 +190,7 @@ def _grid_runs(L, n_runs, xb, w, scale, shift_of_run, levels, kmap, neighbours, 
         g = np.int64(kmap[u])
         if g < 0:
             on_grid = False
-            g = _best_neighbour(levels, neighbours, gcodes, -g - 1, xb, w, 8 * k, scale, SHIFTED, shift_of_run[k],
+            g = _best_neighbour(levels, neighbours, nbcodes, -g - 1, xb, w, 8 * k, scale, SHIFTED, shift_of_run[k],
                                 e, d2)
         index[k] = g
     return on_grid
@@ -274,7 +303,7 @@ def _iq1_s_search(xb, w, order, sumx, sumw, cp, tr, res):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours, gcodes):
+def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours, nbcodes):
     """IQ1_S rows into ``out`` (ggml's ``quantize_iq1_s``; the imatrix is required).
 
     x : float32 (n_rows, n_cols), n_cols a multiple of 256; imatrix : float32
@@ -291,7 +320,7 @@ def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours, gcodes):
         cp = np.empty((4, S_BLOCK + 1), dtype=F32)
         tr = np.empty((4, S_BLOCK + 1), dtype=F32)
         e = np.empty((8, 3), dtype=F32)
-        d2 = np.empty(MAX_NEIGHBOURS, dtype=F32)
+        d2 = np.empty(MAX_NEIGHBOURS + 8, dtype=F32)
         res = np.zeros(3, dtype=np.int64)
         L = np.empty(S_BLOCK, dtype=np.int64)
         index = np.empty(4, dtype=np.int64)
@@ -327,7 +356,7 @@ def _quantize_iq1_s(x, imatrix, out, levels, kmap, neighbours, gcodes):
                     shift = -shift
                 for k in range(4):
                     shift_of_run[k] = 0 if shift == 1 else 1
-                if not _grid_runs(L, 4, xb, w, scale, shift_of_run, levels, kmap, neighbours, gcodes, index, e, d2):
+                if not _grid_runs(L, 4, xb, w, scale, shift_of_run, levels, kmap, neighbours, nbcodes, index, e, d2):
                     sums[0] = F32(0.0)
                     sums[1] = F32(0.0)
                     _refit(index, 4, xb, w, shift_of_run, levels, F32(1.0), sums)
@@ -436,7 +465,7 @@ def _iq1_m_weights(xr, imatrix, base, sigma2, w):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours, gcodes):
+def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours, nbcodes):
     """IQ1_M rows into ``out`` (ggml's ``quantize_iq1_m``).
 
     x : float32 (n_rows, n_cols), n_cols a multiple of 256; imatrix : float32
@@ -451,7 +480,7 @@ def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours, gcodes):
         tx = np.empty((M_BLOCK, 3, 4), dtype=F32)
         t2 = np.empty((M_BLOCK, 3, 4), dtype=F32)
         e = np.empty((8, 3), dtype=F32)
-        d2 = np.empty(MAX_NEIGHBOURS, dtype=F32)
+        d2 = np.empty(MAX_NEIGHBOURS + 8, dtype=F32)
         res = np.zeros(3, dtype=np.int64)
         L = np.empty(M_BLOCK, dtype=np.int64)
         index = np.zeros((n_sub, 2), dtype=np.int64)
@@ -490,7 +519,7 @@ def _quantize_iq1_m(x, imatrix, out, levels, kmap, neighbours, gcodes):
                     k = 3 - k
                 shift_of_run[0] = k >> 1
                 shift_of_run[1] = k & 1
-                if not _grid_runs(L, 2, xb, w, scale, shift_of_run, levels, kmap, neighbours, gcodes, index[ib],
+                if not _grid_runs(L, 2, xb, w, scale, shift_of_run, levels, kmap, neighbours, nbcodes, index[ib],
                                   e, d2):
                     sums[0] = F32(0.0)
                     sums[1] = F32(0.0)
@@ -649,10 +678,10 @@ def _dequantize_iq1_m(packed, out, levels):
 
 
 _quantize_s, dequantize_iq1_s, unpack_iq1_s = twins(
-    "IQ1_S", (_quantize_iq1_s, LEVELS, KMAP, NEIGHBOURS, GCODES), (_dequantize_iq1_s, LEVELS),
+    "IQ1_S", (_quantize_iq1_s, LEVELS, KMAP, NEIGHBOURS, NBCODES), (_dequantize_iq1_s, LEVELS),
     (_unpack_iq1_s, LEVELS), codebook=CODEBOOK)
 quantize_iq1_m, dequantize_iq1_m, unpack_iq1_m = twins(
-    "IQ1_M", (_quantize_iq1_m, LEVELS, KMAP, NEIGHBOURS, GCODES), (_dequantize_iq1_m, LEVELS),
+    "IQ1_M", (_quantize_iq1_m, LEVELS, KMAP, NEIGHBOURS, NBCODES), (_dequantize_iq1_m, LEVELS),
     (_unpack_iq1_m, LEVELS), codebook=CODEBOOK)
 
 
