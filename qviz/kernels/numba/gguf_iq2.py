@@ -17,12 +17,17 @@ The fit's sums keep their order; runs before the first changed point reuse
 their partial sums, and a trial with the same points as the one before is
 skipped (it cannot change the state). The helpers are inlined into the row
 kernel (``inline="always"``): a call passing a dozen arrays otherwise costs
-their reference counting, more than the work of a small search.
+their reference counting, more than the work of a small search. Inlining alone
+does not remove that counting (numba's pruning gives up inside branchy loops),
+so the row's work runs on borrowed views (:func:`_borrowed`: no memory record,
+each count a null check) of arrays its caller owns for the whole call.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from qviz.formats.blocks import describe_twins
 from qviz.formats.ggml_search import GROUP_MAX_EPS, make_qp_quants
@@ -87,6 +92,24 @@ def tables(name: str) -> tuple[np.ndarray, ...]:
 
 
 # ------------------------------------------------------------------ search
+
+@intrinsic
+def _borrowed(typingctx, arr):
+    """``arr`` as a view without its memory record (meminfo and parent null): the same data, shape and
+    strides, but numba's reference counts on it (and on views of it) become null checks instead of
+    atomic operations. Only for arrays that an owner keeps alive while the view is used: here the
+    arguments of :func:`_row_work`, whose caller :func:`_quantize_row` holds the owners across the call.
+    """
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, value=args[0])
+        view.meminfo = ir.Constant(view.meminfo.type, None)
+        view.parent = ir.Constant(view.parent.type, None)
+        return view._getvalue()
+    return arr(arr), codegen
+
 
 @njit(inline="always", **JIT_OPTIONS)
 def _distance(coords, at, n, j, xval, waux, off, scale):
@@ -405,7 +428,10 @@ def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs,
 @njit(**JIT_OPTIONS)
 def _quantize_row(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_size):
     """One row of ``quantize_iq2_{xxs,xs}`` into ``out`` (uint8 (n_blocks * type_size,)); a super-block
-    where ggml would abort gets ``d = +inf`` and zero bits (``ABORTED_D``, as the reference)."""
+    where ggml would abort gets ``d = +inf`` and zero bits (``ABORTED_D``, as the reference).
+
+    Allocates the row's scratch and hands :func:`_row_work` borrowed views (:func:`_borrowed`) of it and
+    of the arguments: they stay alive here until that call returns."""
     n = 32 if xxs else 16
     n_sub = QK_K // n
     n_runs = n // DIMS
@@ -426,6 +452,21 @@ def _quantize_row(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_s
     cache_a = np.empty((n_runs, 2, MAX_NEIGHBOURS), dtype=F32)
     cache_b = np.empty((n_runs, 2, MAX_NEIGHBOURS), dtype=F32)
     f = np.empty(MAX_NEIGHBOURS, dtype=F32)
+    _row_work(_borrowed(x), _borrowed(imatrix), xxs, _borrowed(kmap), _borrowed(neighbours),
+              _borrowed(coords), _borrowed(levels), _borrowed(out), type_size, _borrowed(scales),
+              _borrowed(points), _borrowed(signs), _borrowed(weight), _borrowed(work), _borrowed(flags),
+              _borrowed(L), _borrowed(Laux), _borrowed(Lqp), _borrowed(fterms), _borrowed(psums),
+              _borrowed(sums), _borrowed(ints), _borrowed(cache_u), _borrowed(cache_a), _borrowed(cache_b),
+              _borrowed(f))
+
+
+@njit(**JIT_OPTIONS)
+def _row_work(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_size, scales, points, signs,
+              weight, work, flags, L, Laux, Lqp, fterms, psums, sums, ints, cache_u, cache_a, cache_b, f):
+    """The work of :func:`_quantize_row` on borrowed views (all arrays, scratch included)."""
+    n = 32 if xxs else 16
+    n_sub = QK_K // n
+    n_runs = n // DIMS
     for b in range(x.shape[0] // QK_K):
         xbl = x[b * QK_K:(b + 1) * QK_K]
         qw = imatrix[b * QK_K:(b + 1) * QK_K]
