@@ -16,9 +16,12 @@ REDRAW_MS = 60_000
 GGUF_CELL = "import qviz\nqviz.explore_gguf()"
 COMPARE_CELL = ('import qviz\nw = qviz.demo.layer("encoder.layer.0.output.dense")\n'
                 'qviz.compare(w, ["Q4_K", "Q8_0", ("rtn", {"bits": 3})])')
-#: the GGUF explorer's histogram (its second figure) says how many levels the requantized group has
-LEVELS_JS = """(n) => { const t = document.querySelectorAll('.qviz-gguf .js-plotly-plot .gtitle')[1];
-                        return !!t && t.textContent.includes(n + ' levels'); }"""
+#: the GGUF explorer's histogram says how many levels the requantized group has
+LEVELS_JS = """(n) => Array.from(document.querySelectorAll('.qviz-gguf .js-plotly-plot .gtitle'))
+                           .some(t => t.textContent.includes(n + ' levels'))"""
+#: its first figure is the file's recipe: the type of every weight matrix by layer and role
+RECIPE_JS = """() => Array.from(document.querySelectorAll('.qviz-gguf .js-plotly-plot .gtitle'))
+                       .some(t => t.textContent.includes('The recipe of'))"""
 
 
 def _panel_shows(page, root: str, text: str) -> None:
@@ -31,6 +34,7 @@ def test_gguf_explorer_requantizes(lab_server, page, artifacts_dir, write_notebo
     run_notebook(page, lab_server, "/lab/tree/gguf.ipynb?reset", ".qviz-gguf .js-plotly-plot")
     page.wait_for_function("() => document.querySelectorAll('.qviz-gguf svg.main-svg').length >= 2",
                            timeout=REDRAW_MS)
+    page.wait_for_function(RECIPE_JS, timeout=REDRAW_MS)
     _panel_shows(page, ".qviz-gguf", "4.5 bits per weight")  # the default: requantize to Q4_K
     page.wait_for_function(LEVELS_JS, arg=16, timeout=REDRAW_MS)
     page.locator(".qviz-gguf select").last.select_option(label="Q8_0")
