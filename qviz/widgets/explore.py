@@ -193,8 +193,7 @@ class Explorer(widgets.VBox):
         options = {k: c for k, c in self.controls.items() if k not in ("method", "row", "group")}
         method = self.controls["method"].value
         wanted = method_options(method) if self.layer.has_weight else {}
-        if wanted.get("imatrix") is True and not options["imatrix"].value and \
-                (self.setting is None or self.setting.method != method):
+        if wanted.get("imatrix") is True and not options["imatrix"].value and self.setting.method != method:
             self._busy = True  # a type that refuses to work without one (IQ2_XXS …): switch it on
             try:
                 options["imatrix"].value = True

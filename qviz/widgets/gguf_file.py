@@ -217,8 +217,7 @@ class GGUFExplorer(widgets.VBox):
         if plan is None:
             self.recipe.draw(recipe_map(file_recipe(f), title=f"The recipe of {Path(str(f.path)).name}"))
         else:
-            self.recipe.draw(recipe_map(plan, title=f"{plan.recipe.name} for "
-                                                                  f"{Path(str(f.path)).name}, planned"))
+            self.recipe.draw(recipe_map(plan, title=f"{plan.recipe.name} for {Path(str(f.path)).name}, planned"))
         self.add_class("qviz-gguf")
         self.filter.observe(self._on_filter, names="value")
         self.tensors.observe(self._on_tensor, names="value")
