@@ -74,3 +74,35 @@ def assert_blocks_equal(type_name: str, got: np.ndarray, want: np.ndarray) -> No
         f"{type_name}: {bad.size} of {g.shape[0]} blocks differ; first is block {b} "
         f"(row {b // (got.shape[1] // ts)}):\n"
         + "\n".join(lines))
+
+
+def assert_decodes_like_ggml(type_name: str, backend: str, packed: np.ndarray, n_cols: int,
+                             codebook, max_code: int):
+    """``dequantize_<type>`` and ``unpack_<type>`` of ``backend`` against ggml's ``to_float``, bit for bit.
+
+    Also: the unpacked arrays' dtypes and shapes, the codes at most ``max_code``, the signed
+    ``codebook``, a :class:`~qviz.result.QuantResult` of them decoding like ggml, and (for the numba
+    twin) codes and scales equal to the numpy reference's. Returns that ``QuantResult``.
+    """
+    from qviz import registry
+    from qviz.result import QuantResult
+
+    t = registry.quant_type(type_name)
+    n_rows = packed.shape[0]
+    want = dequantize(type_name, packed, n_cols).view(np.uint32)
+    got = t.function("dequantize", backend)(packed)
+    assert got.dtype == np.float32 and got.shape == (n_rows, n_cols)
+    np.testing.assert_array_equal(got.view(np.uint32), want)
+    u = t.function("unpack", backend)(packed)
+    assert u.codes.dtype == np.uint8 and u.codes.shape == (n_rows, n_cols) and int(u.codes.max()) <= max_code
+    assert u.scales.dtype == np.float32 and u.scales.shape == (n_rows, n_cols // t.group_size)
+    assert u.mins is None
+    np.testing.assert_array_equal(u.codebook, np.asarray(codebook, dtype=np.float32))
+    r = QuantResult(type_name, (n_rows, n_cols), t.bits, t.group_size, u.codes, u.scales,
+                    codebook=u.codebook, packed=packed)
+    np.testing.assert_array_equal(r.dequantize().view(np.uint32), want)
+    if backend != "numpy":  # the twin's arrays are the reference's
+        ref = t.function("unpack", "numpy")(packed)
+        np.testing.assert_array_equal(u.codes, ref.codes)
+        np.testing.assert_array_equal(u.scales.view(np.uint32), ref.scales.view(np.uint32))
+    return r

@@ -19,7 +19,6 @@ from edge_rows import edge_rows, importance, mixed_groups
 from qviz import registry
 from qviz.formats.iq_lattice import lattice
 from qviz.formats.spec import FORMATS, QK_K
-from qviz.result import QuantResult
 
 TYPES = [name for name, t in registry.types().items() if t.family == "gguf_iq2"]
 REFERENCE = importlib.import_module(registry.quant_type(TYPES[0]).module_of("numpy"))
@@ -177,24 +176,9 @@ def _packed_cases(type_name: str, rng: np.random.Generator) -> np.ndarray:
 def test_dequantize_and_unpack_match_ggml(type_name, module):
     rng = np.random.default_rng(zlib.crc32(f"{type_name} dequantize".encode()))
     packed = _packed_cases(type_name, rng)
-    n_rows, n_cols = packed.shape[0], 4 * QK_K
-    want = oracle.dequantize(type_name, packed, n_cols).view(np.uint32)
-    got = _fn(module, "dequantize", type_name)(packed)
-    assert got.dtype == np.float32 and got.shape == (n_rows, n_cols)
-    np.testing.assert_array_equal(got.view(np.uint32), want)
-    lay = FORMATS[type_name]
-    u = _fn(module, "unpack", type_name)(packed)
-    assert u.codes.dtype == np.uint8 and u.codes.shape == (n_rows, n_cols) and int(u.codes.max()) <= 5
-    assert u.scales.dtype == np.float32 and u.scales.shape == (n_rows, n_cols // lay.group_size)
-    assert u.mins is None
-    np.testing.assert_array_equal(u.codebook, np.array([-43, -25, -8, 8, 25, 43], np.float32))
-    r = QuantResult(type_name, (n_rows, n_cols), lay.bits, lay.group_size, u.codes, u.scales,
-                    codebook=u.codebook, packed=packed)
-    np.testing.assert_array_equal(r.dequantize().view(np.uint32), want)
-    if module is KERNEL:  # the twin's arrays are the reference's
-        ref = _fn(REFERENCE, "unpack", type_name)(packed)
-        np.testing.assert_array_equal(u.codes, ref.codes)
-        np.testing.assert_array_equal(u.scales.view(np.uint32), ref.scales.view(np.uint32))
+    backend = "numpy" if module is REFERENCE else "numba"
+    oracle.assert_decodes_like_ggml(type_name, backend, packed, 4 * QK_K,
+                                    np.array([-43, -25, -8, 8, 25, 43], np.float32), max_code=5)
 
 
 @pytest.mark.parametrize("type_name", TYPES)

@@ -20,7 +20,6 @@ from qviz.formats import gguf_iq2_s as REFERENCE
 from qviz.formats.iq_lattice import lattice
 from qviz.formats.spec import FORMATS, QK_K
 from qviz.kernels.numba import gguf_iq2_s as KERNEL
-from qviz.result import QuantResult
 
 TYPE = "IQ2_S"
 MODULE_IDS = {REFERENCE: "reference", KERNEL: "numba"}
@@ -129,25 +128,10 @@ def _packed_cases(rng: np.random.Generator) -> np.ndarray:
 def test_dequantize_and_unpack_match_ggml(module):
     rng = np.random.default_rng(zlib.crc32(f"{TYPE} dequantize".encode()))
     packed = _packed_cases(rng)
-    n_rows, n_cols = packed.shape[0], 4 * QK_K
-    want = oracle.dequantize(TYPE, packed, n_cols).view(np.uint32)
-    got = module.dequantize_iq2_s(packed)
-    assert got.dtype == np.float32 and got.shape == (n_rows, n_cols)
-    np.testing.assert_array_equal(got.view(np.uint32), want)
-    lay = FORMATS[TYPE]
-    u = module.unpack_iq2_s(packed)
-    assert u.codes.dtype == np.uint8 and u.codes.shape == (n_rows, n_cols) and int(u.codes.max()) <= 5
-    assert u.scales.dtype == np.float32 and u.scales.shape == (n_rows, n_cols // lay.group_size)
-    assert u.mins is None
-    np.testing.assert_array_equal(u.codebook, np.array([-43, -25, -8, 8, 25, 43], dtype=np.float32))
-    r = QuantResult(TYPE, (n_rows, n_cols), lay.bits, lay.group_size, u.codes, u.scales,
-                    codebook=u.codebook, packed=packed)
-    np.testing.assert_array_equal(r.dequantize().view(np.uint32), want)
-    assert r.bits_per_weight == lay.bits_per_weight == 2.5625
-    if module is KERNEL:  # the twin's arrays are the reference's
-        ref = REFERENCE.unpack_iq2_s(packed)
-        np.testing.assert_array_equal(u.codes, ref.codes)
-        np.testing.assert_array_equal(u.scales.view(np.uint32), ref.scales.view(np.uint32))
+    backend = "numpy" if module is REFERENCE else "numba"
+    r = oracle.assert_decodes_like_ggml(TYPE, backend, packed, 4 * QK_K,
+                                        np.array([-43, -25, -8, 8, 25, 43], dtype=np.float32), max_code=5)
+    assert r.bits_per_weight == FORMATS[TYPE].bits_per_weight == 2.5625
 
 
 def _blocks_selecting(numbers: np.ndarray, ls: int, signs: np.ndarray | None = None) -> np.ndarray:

@@ -20,7 +20,6 @@ from qviz import registry
 from qviz.formats.iq_lattice import lattice
 from qviz.formats.rounding import fp16_field
 from qviz.formats.spec import FORMATS, QK, QK_K
-from qviz.result import QuantResult
 
 TYPES = [name for name, t in registry.types().items() if t.family == "gguf_iq3"]
 REFERENCE = importlib.import_module(registry.quant_type(TYPES[0]).module_of("numpy"))
@@ -134,25 +133,11 @@ def _packed_cases(type_name: str, rng: np.random.Generator) -> np.ndarray:
 def test_dequantize_and_unpack_match_ggml(type_name, module):
     rng = np.random.default_rng(zlib.crc32(f"{type_name} dequantize".encode()))
     packed = _packed_cases(type_name, rng)
-    n_rows, n_cols = packed.shape[0], 4 * QK_K
-    want = oracle.dequantize(type_name, packed, n_cols).view(np.uint32)
-    got = _fn(module, "dequantize", type_name)(packed)
-    assert got.dtype == np.float32 and got.shape == (n_rows, n_cols)
-    np.testing.assert_array_equal(got.view(np.uint32), want)
-    lay = FORMATS[type_name]
-    u = _fn(module, "unpack", type_name)(packed)
-    assert u.codes.dtype == np.uint8 and u.codes.shape == (n_rows, n_cols) and int(u.codes.max()) <= 15
-    assert u.scales.dtype == np.float32 and u.scales.shape == (n_rows, n_cols // lay.group_size)
-    assert u.mins is None
-    np.testing.assert_array_equal(u.codebook, REFERENCE.CODEBOOK[type_name])
-    r = QuantResult(type_name, (n_rows, n_cols), lay.bits, lay.group_size, u.codes, u.scales,
-                    codebook=u.codebook, packed=packed)
-    np.testing.assert_array_equal(r.dequantize().view(np.uint32), want)
-    assert r.bits_per_weight == lay.bits_per_weight == {"IQ3_XXS": 3.0625, "IQ3_S": 3.4375}[type_name]
-    if module is KERNEL:  # the twin's arrays are the reference's
-        ref = _fn(REFERENCE, "unpack", type_name)(packed)
-        np.testing.assert_array_equal(u.codes, ref.codes)
-        np.testing.assert_array_equal(u.scales.view(np.uint32), ref.scales.view(np.uint32))
+    backend = "numpy" if module is REFERENCE else "numba"
+    r = oracle.assert_decodes_like_ggml(type_name, backend, packed, 4 * QK_K,
+                                        REFERENCE.CODEBOOK[type_name], max_code=15)
+    bpw = {"IQ3_XXS": 3.0625, "IQ3_S": 3.4375}[type_name]
+    assert r.bits_per_weight == FORMATS[type_name].bits_per_weight == bpw
 
 
 @pytest.mark.parametrize("type_name", TYPES)
