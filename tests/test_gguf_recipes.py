@@ -161,9 +161,16 @@ def test_smollm2_fallbacks():
     assert gguf.plan(src, "Q2_K").types["blk.0.attn_q.weight"] == "Q4_0"
 
 
+#: llama.cpp's ``tensor_type_fallback`` (llama-quant.cpp, llama-cpp-python 0.3.36), which the plans follow
+LLAMA_CPP_FALLBACKS = {"IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL",
+                       "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL",
+                       "Q2_K": "Q4_0", "Q3_K": "Q4_0", "TQ1_0": "Q4_0", "TQ2_0": "Q4_0",
+                       "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
 def test_registry_fallbacks_agree_with_llama_cpp():
     for name, t in registry.types().items():
-        assert t.fallback == recipes.FALLBACKS.get(name), name
+        assert t.fallback == LLAMA_CPP_FALLBACKS.get(name), name
 
 
 def test_pure(model):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from qviz.io.gguf_reader import (LIST_MAX_ITEMS, MAX_DIMS, MAX_NESTING, PLAIN_DTYPES, SUPPORTED_VERSIONS,
                                  GGUFError, GGUFFile, StorageType, TensorInfo, read, storage_type)
-from qviz.io.gguf_recipes import (ALIASES, FALLBACKS, RECIPES, Recipe, RecipePlan, TensorPlan, plan,
+from qviz.io.gguf_recipes import (ALIASES, RECIPES, Recipe, RecipePlan, TensorPlan, plan,
                                   recipe)
 from qviz.io.gguf_writer import (FILE_TYPES, FLOAT_FILE_TYPES, FLOAT_TYPES, NEVER_QUANTIZED, Requantized,
                                  check_types, file_type, requantize, requested_type, type_names)
@@ -34,5 +34,5 @@ __all__ = ["read", "requantize", "Requantized", "GGUFError", "GGUFFile", "Tensor
            "LIST_MAX_ITEMS", "FLOAT_TYPES",
            "FLOAT_FILE_TYPES", "FILE_TYPES", "NEVER_QUANTIZED", "check_types", "file_type",
            "requested_type", "type_names", "plan", "recipe", "Recipe", "RecipePlan", "TensorPlan",
-           "RECIPES", "ALIASES", "FALLBACKS", "Imatrix", "ImatrixError", "check_imatrix_for", "collect",
+           "RECIPES", "ALIASES", "Imatrix", "ImatrixError", "check_imatrix_for", "collect",
            "from_vectors", "read_imatrix", "write_imatrix"]

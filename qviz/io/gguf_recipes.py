@@ -22,9 +22,9 @@ llama-cpp-python 0.3.36 (the version the end-to-end test runs):
   reach the rules (not those a ``tensor_types`` pattern or ``pure`` decides);
   ``n_ffn_*`` are the model's block count and ``n_attention_wv`` the number
   of attn_v-like tensors;
-* rows that the chosen type's block does not divide: ``tensor_type_fallback``
-  (:data:`FALLBACKS`; the registry's :attr:`qviz.registry.QuantType.fallback`
-  agrees, which a test checks);
+* rows that the chosen type's block does not divide: ``tensor_type_fallback``,
+  which each type's registry record carries (:attr:`qviz.registry.QuantType.fallback`;
+  a test checks it against llama.cpp's list);
 * a tensor already of its target type is copied unchanged, as llama.cpp does.
 
 Examples
@@ -49,7 +49,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from qviz import registry
 from qviz.io.gguf_reader import GGUFFile, TensorInfo, read
 
-__all__ = ["Recipe", "RECIPES", "ALIASES", "FALLBACKS", "TensorPlan", "RecipePlan", "plan", "recipe",
+__all__ = ["Recipe", "RECIPES", "ALIASES", "TensorPlan", "RecipePlan", "plan", "recipe",
            "category", "allows_quantization", "use_more_bits", "requires_imatrix", "ggml_type_names",
            "checked_imatrix_path"]
 
@@ -103,14 +103,6 @@ RECIPES: dict[str, Recipe] = _recipes()
 #: llama-quantize's short names (``Q4_K`` is ``Q4_K_M`` there; to qviz's ``requantize(types=...)``
 #: ``"Q4_K"`` stays one type, so give these as ``recipe=``)
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-
-#: ``tensor_type_fallback``: the type a row that the chosen type's block does not
-#: divide gets instead (F16 when even that does not divide it). A 32-block type
-#: not listed goes straight to F16; a larger block not listed is refused.
-FALLBACKS = {"IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL",
-             "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL",
-             "Q2_K": "Q4_0", "Q3_K": "Q4_0", "TQ1_0": "Q4_0", "TQ2_0": "Q4_0",
-             "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 #: types whose tensors need an importance matrix in llama-quantize (``tensor_requires_imatrix``)
 _NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
@@ -703,12 +695,16 @@ def _rules(state: _State, model: _Model, r: str, new: str, info: TensorInfo, cat
 
 
 def _fallback(state: _State, info: TensorInfo, type_name: str, why: str) -> tuple[str, str]:
-    """``tensor_type_fallback``: the type rows that ``type_name``'s block does not divide get."""
+    """``tensor_type_fallback``: the type rows that ``type_name``'s block does not divide get.
+
+    The registry's ``fallback`` of the type (F16 when even that does not divide the rows); a
+    32-block type without one goes straight to F16, a larger block without one is refused.
+    """
     n_cols, qk = info.shape[-1], _block(type_name)
     if n_cols % qk == 0:
         return type_name, why
     state.n_fallback += 1
-    alt = FALLBACKS.get(type_name)
+    alt = registry.quant_type(type_name).fallback if type_name in registry.TYPES else None
     if alt is None:
         if qk > 32:
             raise ValueError(f"tensor {info.name!r}: rows of {n_cols} are not a multiple of {type_name}'s "
