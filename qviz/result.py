@@ -62,6 +62,14 @@ class QuantResult:
         preceding op: the codes are those of ``W·diag(s)`` and decoding
         divides column ``j`` by ``s[j]`` (stored as fp16). ``levels`` are the
         grid of the scaled weight.
+    stored : Mapping of str to ndarray
+        The owner's own parameter arrays, as its checkpoints hold them, where
+        the format defines them: E8M0 block scales as uint8, NVFP4's E4M3
+        block scales (uint8) and float32 per-tensor scale, FP8's float32
+        scales, double quantization's 8-bit absmax codes and second-level
+        scales. ``scales`` is then derived from them (the exact float32 factor
+        the owner decodes with), and :attr:`storage_bits` counts these arrays
+        at their dtypes' widths instead of ``scales``.
     info : Mapping
         Diagnostics only (losses, search results); nothing needed to decode.
     """
@@ -78,6 +86,7 @@ class QuantResult:
     packed: np.ndarray | None = None
     g_idx: np.ndarray | None = None
     input_scale: np.ndarray | None = None
+    stored: Mapping[str, np.ndarray] = field(default_factory=dict)
     info: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -90,8 +99,6 @@ class QuantResult:
     @property
     def nbytes(self) -> int:
         """Storage bytes: the packed bytes where defined, else codes + parameters."""
-        if self.packed is not None:
-            return int(self.packed.nbytes)
         return -(-self.storage_bits // 8)
 
     @property
@@ -99,17 +106,24 @@ class QuantResult:
         """Exact storage in bits: codes, scales, zeros, mins and codebook.
 
         Codes take ``bits`` each, zero points ``bits`` each, every float
-        parameter 16 bits (fp16, as checkpoints store them). With ``packed``
+        parameter 16 bits (fp16, as checkpoints store them); the ``stored``
+        arrays, where given, count at their own widths instead of ``scales``.
+        A per-row codebook (k-means) is stored; a fixed one (NF4, FP4, a float
+        format's values) belongs to the format and is not. With ``packed``
         bytes the count is theirs.
         """
         if self.packed is not None:
             return int(self.packed.nbytes) * 8
-        total = self.codes.size * self.bits + self.scales.size * PARAM_BITS
+        if self.stored:
+            params = sum(int(np.asarray(p).nbytes) * 8 for p in self.stored.values())
+        else:
+            params = self.scales.size * PARAM_BITS
+        total = self.codes.size * self.bits + params
         if self.zeros is not None:
             total += self.zeros.size * self.bits
         if self.mins is not None:
             total += self.mins.size * PARAM_BITS
-        if self.codebook is not None:
+        if self.codebook is not None and self.codebook.ndim == 2:
             total += self.codebook.size * PARAM_BITS
         if self.g_idx is not None:
             total += self.g_idx.size * 32
@@ -177,7 +191,8 @@ class QuantResult:
         Returns
         -------
         ndarray, shape (n_levels,), float32
-            The quantization grid (2**bits values) or the scaled codebook.
+            The quantization grid (2**bits values) or the scaled codebook
+            (its finite values: a float format's NaN codes are never produced).
         """
         n_rows = self.shape[0]
         if not (0 <= row < n_rows and 0 <= group < self.n_groups):
@@ -190,6 +205,7 @@ class QuantResult:
         s = at(self.scales)
         if self.codebook is not None:
             cb = self.codebook if self.codebook.ndim == 1 else self.codebook[row]
+            cb = cb[np.isfinite(cb)]
             return np.sort(s * cb.astype(np.float32))
         q = np.arange(1 << self.bits, dtype=np.float32)
         if self.mins is not None:

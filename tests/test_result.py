@@ -57,3 +57,18 @@ def test_frozen_and_html(rng):
         r.bits = 3
     html = r._repr_html_()
     assert "bits per weight" in html and "4.6250" in html and "rtn" in html
+
+
+def test_stored_parameters_count_at_their_own_width_and_fixed_codebooks_are_free():
+    codes = np.zeros((2, 64), np.uint8)
+    s = np.full((2, 2), 0.5, np.float32)
+    cb = np.array([0.0, 0.5, 1.0, np.nan], np.float32)  # a float format's table, NaN code never produced
+    plain = QuantResult("x", (2, 64), 4, 32, codes, s, codebook=cb)
+    assert plain.storage_bits == 128 * 4 + 4 * 16  # the 1-D codebook belongs to the format
+    e8m0 = QuantResult("x", (2, 64), 4, 32, codes, s, codebook=cb,
+                       stored={"scale": np.full((2, 2), 126, np.uint8)})
+    assert e8m0.storage_bits == 128 * 4 + 4 * 8 and e8m0.nbytes == 68
+    two_level = QuantResult("x", (2, 64), 4, 32, codes, s, codebook=cb,
+                            stored={"block": np.zeros((2, 2), np.uint8), "tensor": np.float32(2.0)})
+    assert two_level.storage_bits == 128 * 4 + 4 * 8 + 32
+    np.testing.assert_array_equal(plain.levels(0, 0), [0.0, 0.25, 0.5])
