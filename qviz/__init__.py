@@ -42,6 +42,7 @@ _EXPORTS = {
     "registry": ("qviz.registry", None),
     "gguf": ("qviz.io.gguf", None),
     "metrics": ("qviz.metrics", None),
+    "rotation": ("qviz.rotation", None),
     "demo": ("qviz.io.demo", None),
 }
 

@@ -19,7 +19,8 @@ def method_names() -> list[str]:
     return list(registry.methods())
 
 
-def quantize(weight, method: str = "rtn", **options) -> QuantResult:
+def quantize(weight, method: str = "rtn", *, rotate: str | None = None, rotate_block: int | None = None,
+             rotate_seed: int = 0, **options) -> QuantResult:
     """Quantize a 2-D weight.
 
     Parameters
@@ -38,6 +39,18 @@ def quantize(weight, method: str = "rtn", **options) -> QuantResult:
         ``duo_scaling``, ``clip``, ``device``; for ``"kmeans"`` ``bits``,
         ``importance``; for ``"nf4"`` ``group_size``; for quant types
         ``imatrix``, ``backend``, ``fallback``.
+    rotate : {None, "hadamard"}
+        Quantize ``W·R`` for a randomized Hadamard ``R`` of the input
+        dimension (QuaRot/SpinQuant; :mod:`qviz.rotation`), with any method.
+        Calibration activations are rotated the same way (``X·R``); the
+        result records ``R`` and decodes back to the layer's basis. An
+        importance per input column (``imatrix``) does not survive a rotation:
+        pass the rotated activations' one instead.
+    rotate_block : int, optional
+        Hadamard block, a power of two dividing the columns (default: the
+        largest).
+    rotate_seed : int
+        Seed of the rotation's random signs.
 
     Returns
     -------
@@ -54,7 +67,41 @@ def quantize(weight, method: str = "rtn", **options) -> QuantResult:
         raise TypeError(f"method must be a string such as 'rtn' or 'Q4_K', got {method!r}")
     m = registry.method(method)
     w = as_weight(weight)
-    return m.call(w, **options)
+    if rotate is None:
+        if rotate_block is not None:
+            raise ValueError("rotate_block is the Hadamard block of a rotation: pass rotate='hadamard' too")
+        return m.call(w, **options)
+    return _rotated(m, w, rotate, rotate_block, rotate_seed, options)
+
+
+def _rotated(m: registry.Method, w: np.ndarray, kind, block, seed, options: dict) -> QuantResult:
+    """``m`` on ``W·R``; calibration rotated alike; the result keeps ``R``."""
+    import dataclasses
+
+    from qviz import rotation
+    from qviz.arrays import as_activations
+
+    if kind not in rotation.KINDS:
+        raise ValueError(f"rotate={kind!r}; valid rotations: {', '.join(map(repr, rotation.KINDS))} (or None)")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"rotate_seed={seed!r} must be an integer")
+    R = rotation.hadamard(w.shape[1], block, int(seed))
+    options = dict(options)
+    importance = m.role("importance")
+    if options.get(importance) is not None:
+        raise ValueError(f"{m.name}: {importance}= weighs the layer's own input columns, which a rotation "
+                         f"mixes; pass the importance of the rotated activations instead, computed from them "
+                         f"(qviz.imatrix(qviz.rotation.hadamard({w.shape[1]}, {R.block}, {R.seed}).apply(x))), "
+                         f"or quantize without rotate=")
+    if options.get("hessian") is not None:
+        raise ValueError(f"{m.name}: a precomputed hessian= is in the layer's own basis; pass calib= "
+                         f"(rotated with the weight) or quantize without rotate=")
+    calib = m.role("calibration")
+    if options.get(calib) is not None:
+        x = as_activations(options[calib], w.shape[1], name=calib)
+        options[calib] = R.apply(x)
+    res = m.call(R.apply(w), **options)
+    return dataclasses.replace(res, rotation=R, info={**res.info, "rotate": kind})
 
 
 def dequantize(result: QuantResult) -> np.ndarray:

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from qviz.rotation import Rotation
 
 #: bits of one stored scale, min or codebook entry (fp16 everywhere qviz writes).
 PARAM_BITS = 16
@@ -70,6 +73,11 @@ class QuantResult:
         scales. ``scales`` is then derived from them (the exact float32 factor
         the owner decodes with), and :attr:`storage_bits` counts these arrays
         at their dtypes' widths instead of ``scales``.
+    rotation : qviz.rotation.Rotation or None
+        The orthogonal ``R`` of ``quantize(..., rotate="hadamard")``: the
+        codes, scales and levels are those of ``W·R``, and :meth:`dequantize`
+        returns ``Ŵ·Rᵀ``, the weight in the layer's own basis (one sign bit
+        per column counts in :attr:`storage_bits`).
     info : Mapping
         Diagnostics only (losses, search results); nothing needed to decode.
     """
@@ -87,6 +95,7 @@ class QuantResult:
     g_idx: np.ndarray | None = None
     input_scale: np.ndarray | None = None
     stored: Mapping[str, np.ndarray] = field(default_factory=dict)
+    rotation: Rotation | None = None
     info: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -110,10 +119,11 @@ class QuantResult:
         arrays, where given, count at their own widths instead of ``scales``.
         A per-row codebook (k-means) is stored; a fixed one (NF4, FP4, a float
         format's values) belongs to the format and is not. With ``packed``
-        bytes the count is theirs.
+        bytes the count is theirs. A rotation adds its sign bits.
         """
+        rotation = 0 if self.rotation is None else self.rotation.storage_bits
         if self.packed is not None:
-            return int(self.packed.nbytes) * 8
+            return int(self.packed.nbytes) * 8 + rotation
         if self.stored:
             params = sum(int(np.asarray(p).nbytes) * 8 for p in self.stored.values())
         else:
@@ -129,7 +139,7 @@ class QuantResult:
             total += self.g_idx.size * 32
         if self.input_scale is not None:
             total += self.input_scale.size * PARAM_BITS
-        return int(total)
+        return int(total) + rotation
 
     @property
     def bits_per_weight(self) -> float:
@@ -149,10 +159,17 @@ class QuantResult:
         """The constant zero point of symmetric formats, ``2**(bits-1)``."""
         return float(1 << (self.bits - 1))
 
-    def dequantize(self) -> np.ndarray:
+    def dequantize(self, rotated: bool = False) -> np.ndarray:
         """Decode to float32, shape (n_rows, n_cols), in float32 arithmetic.
 
         The order of operations is ggml's, so GGUF types decode bit-exactly.
+
+        Parameters
+        ----------
+        rotated : bool
+            For a rotated result, stay in the rotated basis (``Q(W·R)``, what
+            the codes and :meth:`levels` describe) instead of returning to the
+            layer's own (``Q(W·R)·Rᵀ``, the default).
         """
         rows, cols = self.shape
         if self.g_idx is None and cols % self.group_size == 0:
@@ -183,6 +200,8 @@ class QuantResult:
         out = out.astype(np.float32, copy=False).reshape(rows, cols)
         if self.input_scale is not None:
             out = out / self.input_scale.astype(np.float32)[None, :]
+        if self.rotation is not None and not rotated:
+            out = self.rotation.restore(out)
         return out
 
     def levels(self, row: int, group: int) -> np.ndarray:

@@ -223,7 +223,8 @@ def decode_all(result: QuantResult, out: np.ndarray | None = None) -> np.ndarray
     return out
 
 
-def decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+def decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | None = None,
+                rotated: bool = False) -> np.ndarray:
     """Dequantized rows ``start:stop``, float32 (stop - start, n_cols), into ``out`` when given.
 
     Registered quant types decode their packed bytes with their numba twin
@@ -231,8 +232,18 @@ def decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | No
     bit-identical to ``QuantResult.dequantize`` and ggml's to_float), plain affine results
     (RTN, GPTQ without act-order) with numba's ``scale * (code - zero)``, the
     rest, and a few rows of any (where starting the kernel's threads costs
-    more than it saves), through ``QuantResult.dequantize`` of the rows.
+    more than it saves), through ``QuantResult.dequantize`` of the rows. A
+    rotated result returns to the layer's basis unless ``rotated``.
     """
+    out = _decode_rows(result, start, stop, out, rotated)
+    if result.rotation is not None and not rotated:
+        out[...] = result.rotation.restore(out)
+    return out
+
+
+def _decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | None,
+                 rotated: bool) -> np.ndarray:
+    """:func:`decode_rows` before a rotation's restore (``QuantResult.dequantize`` leaves it too)."""
     few = (stop - start) * result.shape[1] < FEW
     kernel = None if few else _type_kernel(result)
     if kernel is not None:
@@ -245,10 +256,8 @@ def decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | No
         if zeros is None:  # symmetric: the implied zero everywhere
             zeros = np.full(part.scales.shape, part.implied_zero, np.float32)
         return dequantize(part.codes, part.scales, zeros, part.group_size, out)
-    if out is None:
-        return part.dequantize()
     out = float_output(part.shape, out)
-    out[...] = part.dequantize()
+    out[...] = part.dequantize(rotated=True)
     return out
 
 
@@ -321,7 +330,9 @@ def group_detail(result: QuantResult, w: np.ndarray, row: int, group: int) -> Gr
     ----------
     result : QuantResult
     w : ndarray, shape result.shape, float32
-        The original weight.
+        The original weight. For a rotated result the group is shown where it
+        was quantized: ``w`` and ``w_hat`` of the detail are rows of ``W·R``
+        and ``Q(W·R)``.
     row, group : int
 
     Examples
@@ -334,8 +345,10 @@ def group_detail(result: QuantResult, w: np.ndarray, row: int, group: int) -> Gr
     """
     levels = result.levels(row, group)  # IndexError for a group outside the result
     cols = group_columns(result, group)
-    w_hat = decode_rows(result, row, row + 1)[0, cols]
-    return GroupDetail(row, group, levels, cols, w[row, cols], w_hat, lattice_runs(result, row, cols))
+    rotated = result.rotation is not None  # the levels are those of W·R: show the group there
+    w_row = result.rotation.apply(w[row:row + 1])[0] if rotated else w[row]
+    w_hat = decode_rows(result, row, row + 1, rotated=rotated)[0, cols]
+    return GroupDetail(row, group, levels, cols, w_row[cols], w_hat, lattice_runs(result, row, cols))
 
 
 def group_mean_abs_error(abs_err: np.ndarray, result: QuantResult) -> np.ndarray:

@@ -172,8 +172,9 @@ class QuantLinear(nn.Module):
         TypeError
             ``result`` is not a QuantResult.
         ValueError
-            A method or type without a packed layout here, zero points that are
-            not whole codes, or a bias of the wrong length or on the meta device.
+            A method or type without a packed layout here, a rotated result, zero
+            points that are not whole codes, or a bias of the wrong length or on
+            the meta device.
         """
         if not isinstance(result, QuantResult):
             raise TypeError(f"from_result takes a QuantResult (from qviz.quantize), got {type(result).__name__}")
@@ -184,6 +185,10 @@ class QuantLinear(nn.Module):
             held = [n for n, m in registry.methods().items() if m.quantlinear and m.quant_type is None]
             raise ValueError(f"QuantLinear holds {', '.join(held)} results and the quant types "
                              f"{', '.join(_torch_types())}; got method {result.method!r}")
+        if result.rotation is not None:
+            raise ValueError(f"this {result.method} result was quantized after a rotation (rotate="
+                             f"{result.rotation.kind!r}), which QuantLinear does not apply to its input; "
+                             f"quantize without rotate= to hold it here, or use result.dequantize()")
         if method.quant_type is not None:
             if result.packed is None:
                 raise ValueError(f"this {result.method} result has no packed bytes to hold")
