@@ -74,10 +74,15 @@ def quantize(weight, method: str = "rtn", *, rotate: str | None = None, rotate_b
     return _rotated(m, w, rotate, rotate_block, rotate_seed, options)
 
 
-def _rotated(m: registry.Method, w: np.ndarray, kind, block, seed, options: dict) -> QuantResult:
-    """``m`` on ``W·R``; calibration rotated alike; the result keeps ``R``."""
-    import dataclasses
+def dequantize(result: QuantResult) -> np.ndarray:
+    """Decode a :class:`QuantResult` to float32, shape (n_rows, n_cols)."""
+    if not isinstance(result, QuantResult):
+        raise TypeError(f"dequantize takes a QuantResult (from qviz.quantize), got {type(result).__name__}")
+    return result.dequantize()
 
+
+def _rotated(m: registry.Method, w: np.ndarray, kind, block, seed, options: dict) -> QuantResult:
+    """``m`` on ``W·R``, its calibration rotated alike (:func:`quantize_rotated`)."""
     from qviz import rotation
     from qviz.arrays import as_activations
 
@@ -90,22 +95,44 @@ def _rotated(m: registry.Method, w: np.ndarray, kind, block, seed, options: dict
     importance = m.role("importance")
     if options.get(importance) is not None:
         raise ValueError(f"{m.name}: {importance}= weighs the layer's own input columns, which a rotation "
-                         f"mixes; pass the importance of the rotated activations instead, computed from them "
-                         f"(qviz.imatrix(qviz.rotation.hadamard({w.shape[1]}, {R.block}, {R.seed}).apply(x))), "
-                         f"or quantize without rotate=")
+                         f"mixes; give the importance of the rotated activations to "
+                         f"qviz.api.quantize_rotated(w, {m.name!r}, R, {importance}=qviz.imatrix(R.apply(x))) "
+                         f"with R = qviz.rotation.hadamard({w.shape[1]}, {R.block}, {R.seed}), or quantize "
+                         f"without rotate=")
     if options.get("hessian") is not None:
         raise ValueError(f"{m.name}: a precomputed hessian= is in the layer's own basis; pass calib= "
                          f"(rotated with the weight) or quantize without rotate=")
     calib = m.role("calibration")
     if options.get(calib) is not None:
-        x = as_activations(options[calib], w.shape[1], name=calib)
-        options[calib] = R.apply(x)
+        options[calib] = R.apply(as_activations(options[calib], w.shape[1], name=calib))
+    return quantize_rotated(w, m.name, R, **options)
+
+
+def quantize_rotated(weight, method: str, R, **options) -> QuantResult:
+    """Quantize ``W·R`` with options already in the rotated basis; the result keeps ``R``.
+
+    What ``quantize(..., rotate="hadamard")`` runs after rotating the
+    calibration activations. Call it directly to give an importance of the
+    rotated columns (``imatrix=qviz.imatrix(R.apply(x))``).
+
+    Parameters
+    ----------
+    weight : array_like, shape (n_rows, n_cols)
+        In the layer's own basis. Never modified.
+    method : str
+    R : qviz.rotation.Rotation
+        Acting on ``n_cols`` columns.
+    **options
+        The method's options; activations and importances of ``X·R``.
+    """
+    import dataclasses
+
+    from qviz.rotation import Rotation
+
+    if not isinstance(R, Rotation):
+        raise TypeError(f"R must be a qviz.rotation.Rotation (qviz.rotation.hadamard(n_cols)), "
+                        f"got {type(R).__name__}")
+    m = registry.method(method)
+    w = as_weight(weight)
     res = m.call(R.apply(w), **options)
-    return dataclasses.replace(res, rotation=R, info={**res.info, "rotate": kind})
-
-
-def dequantize(result: QuantResult) -> np.ndarray:
-    """Decode a :class:`QuantResult` to float32, shape (n_rows, n_cols)."""
-    if not isinstance(result, QuantResult):
-        raise TypeError(f"dequantize takes a QuantResult (from qviz.quantize), got {type(result).__name__}")
-    return result.dequantize()
+    return dataclasses.replace(res, rotation=R, info={**res.info, "rotate": R.kind})

@@ -49,6 +49,9 @@ N_SEQUENCES = 8
 #: the one on/off control that stands for a method's importance option
 IMATRIX = Option("imatrix", "bool", False, "importance per input column, computed from the layer's "
                  "activations (qviz.imatrix): llama.cpp's imatrix", control=True)
+#: the on/off control every method gets: quantize W·R for a randomized Hadamard R (qviz.rotation)
+ROTATE = Option("rotate", "bool", False, "quantize the weight after a randomized Hadamard rotation of its "
+                "inputs (QuaRot): outliers spread out", control=True)
 
 
 def method_label(method: str) -> str:
@@ -57,15 +60,16 @@ def method_label(method: str) -> str:
 
 
 def control_options(method: str) -> tuple[Option, ...]:
-    """The options a method's controls show: ``registry.method(method).controls``.
+    """The options a method's controls show: ``registry.method(method).controls``, then :data:`ROTATE`.
 
     The option whose role is ``"importance"`` is shown as :data:`IMATRIX`, an
     on/off switch: the explorers compute the importance from the layer's
     activations. It starts on where the method cannot do without it (IQ2_XXS,
-    IQ2_XS, IQ1_S).
+    IQ2_XS, IQ1_S). Every method can run after a rotation (``rotate=`` of
+    :func:`qviz.quantize`), shown as the on/off :data:`ROTATE`.
     """
-    return tuple((IMATRIX if o.optional else dataclasses.replace(IMATRIX, default=True))
-                 if o.role == "importance" else o for o in registry.method(method).controls)
+    return (*((IMATRIX if o.optional else dataclasses.replace(IMATRIX, default=True))
+              if o.role == "importance" else o for o in registry.method(method).controls), ROTATE)
 
 
 def method_options(method: str) -> dict[str, object]:
@@ -74,9 +78,9 @@ def method_options(method: str) -> dict[str, object]:
     Examples
     --------
     >>> method_options("rtn")
-    {'bits': 4, 'group_size': 128, 'sym': False, 'per_tensor': False}
+    {'bits': 4, 'group_size': 128, 'sym': False, 'per_tensor': False, 'rotate': False}
     >>> method_options("Q4_K")
-    {'imatrix': False}
+    {'imatrix': False, 'rotate': False}
     """
     return {o.name: o.default for o in control_options(method)}
 
@@ -205,6 +209,7 @@ def setting_of(result: QuantResult) -> Setting:
         options["sym"] = result.zeros is None and result.mins is None
     if "act_order" in options:
         options["act_order"] = result.g_idx is not None or bool(result.info.get("act_order", False))
+    options["rotate"] = result.rotation is not None
     return Setting(method, tuple(sorted(options.items())))
 
 
@@ -212,7 +217,8 @@ def quantize_setting(w: np.ndarray, setting: Setting, x: np.ndarray | None) -> Q
     """``qviz.quantize`` of ``w`` under ``setting``, handing over the activations it needs.
 
     The method's ``"calibration"`` option gets ``x``; with ``imatrix`` on, its
-    ``"importance"`` option gets ``qviz.imatrix(x)``. Quant types use
+    ``"importance"`` option gets ``qviz.imatrix(x)``. With ``rotate`` on, the
+    weight and ``x`` are rotated first (:func:`rotation_of`). Quant types use
     llama-quantize's fallback for rows that do not fit their blocks
     (``fallback=True``).
 
@@ -227,6 +233,9 @@ def quantize_setting(w: np.ndarray, setting: Setting, x: np.ndarray | None) -> Q
         raise ValueError(f"{setting.label} needs calibration activations; pass calib= "
                          f"(the layer's inputs, n_samples × {w.shape[1]})")
     m = registry.method(setting.method)
+    R = rotation_of(w) if kwargs.pop("rotate", False) else None
+    if R is not None and x is not None:
+        x = R.apply(x)  # what the rotated layer's quantizer sees
     importance, calibration = m.role("importance"), m.role("calibration")
     if kwargs.pop("imatrix", False) and importance is not None:
         kwargs[importance] = calib_io.imatrix(x, w.shape[1])
@@ -234,7 +243,16 @@ def quantize_setting(w: np.ndarray, setting: Setting, x: np.ndarray | None) -> Q
         kwargs[calibration] = x
     if m.quant_type is not None:
         kwargs["fallback"] = True
+    if R is not None:
+        return api.quantize_rotated(w, m.name, R, **kwargs)
     return api.quantize(w, m.name, **kwargs)
+
+
+def rotation_of(w: np.ndarray):
+    """The rotation the explorers' ``rotate`` switch applies: ``qviz.rotation.hadamard(n_cols)``, seed 0."""
+    from qviz.rotation import hadamard
+
+    return hadamard(w.shape[1])
 
 
 def fallback_note(result: QuantResult) -> str | None:
@@ -319,17 +337,29 @@ class Layer:
         self.calibration = calibration if x is not None else ""
         self.has_weight = has_weight
         self.stats = weight_stats(weight, x)
+        self._rotated_stats: dict[tuple, object] = {}
         self._cache: collections.OrderedDict[Setting, LayerSummary] = collections.OrderedDict()
         self._scratch = None
         self._pinned: dict[Setting, LayerSummary] = {}
         self.given = None
         if given is not None:
             self.given = setting_of(given) if has_weight else Setting(given.method)
-            self._pinned[self.given] = summarize(given, weight, self.stats)
+            self._pinned[self.given] = summarize(given, weight, self.stats_for(given))
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.weight.shape
+
+    def stats_for(self, result: QuantResult):
+        """:attr:`stats`, or those of ``W·R`` and ``X·R`` for a result quantized after rotation ``R``."""
+        R = result.rotation
+        if R is None:
+            return self.stats
+        key = (R.kind, R.block, R.seed)
+        if key not in self._rotated_stats:
+            self._rotated_stats[key] = weight_stats(R.apply(self.weight),
+                                                    None if self.x is None else R.apply(self.x))
+        return self._rotated_stats[key]
 
     def summary(self, setting: Setting) -> LayerSummary:
         """The summary of ``setting``: cached, else quantized and measured now."""
@@ -340,8 +370,8 @@ class Layer:
             return self._cache[setting]
         if self._scratch is None:  # W − Ŵ of every summary, one buffer (see summarize)
             self._scratch = np.empty(self.weight.shape, np.float32)
-        s = summarize(quantize_setting(self.weight, setting, self.x), self.weight, self.stats,
-                      self._scratch)
+        result = quantize_setting(self.weight, setting, self.x)
+        s = summarize(result, self.weight, self.stats_for(result), self._scratch)
         self._cache[setting] = s
         while len(self._cache) > MAX_CACHED:
             self._cache.popitem(last=False)

@@ -123,12 +123,14 @@ class WeightStats(NamedTuple):
         Activations with the same Gram matrix as the given ones (``R`` of
         ``X = QR`` when there are more samples than columns): ``‖X Eᵀ‖ = ‖R Eᵀ‖``.
     output_sq : float                  ‖W Xᵀ‖², float64 (nan without activations)
+    crest : float                      max|w| / RMS(w): how far the outliers stand out
     """
 
     hist: Histogram
     sum_sq: float
     x_reduced: np.ndarray | None
     output_sq: float
+    crest: float = float("nan")
 
 
 def _row_step(n_cols: int) -> int:
@@ -173,7 +175,9 @@ def weight_stats(w: np.ndarray, x: np.ndarray | None = None, n_bins: int = N_BIN
         if x.shape[0] > x.shape[1]:  # same Gram matrix, fewer rows: XᵀX = RᵀR
             x_reduced = np.linalg.qr(x.astype(np.float64), mode="r").astype(np.float32)
         output_sq = _sum_sq_output(x_reduced, w)
-    return WeightStats(Histogram(edges, counts), sum_sq, x_reduced, output_sq)
+    rms = np.sqrt(sum_sq / max(w.size, 1))
+    crest = float(max(-float(w.min()), float(w.max())) / rms) if rms > 0 else 0.0
+    return WeightStats(Histogram(edges, counts), sum_sq, x_reduced, output_sq, crest)
 
 
 def rows_of(result: QuantResult, start: int, stop: int) -> QuantResult:
@@ -207,19 +211,20 @@ def _type_kernel(result: QuantResult) -> Callable | None:
     return t.function("dequantize", "numba")
 
 
-def decode_all(result: QuantResult, out: np.ndarray | None = None) -> np.ndarray:
+def decode_all(result: QuantResult, out: np.ndarray | None = None, rotated: bool = False) -> np.ndarray:
     """All rows dequantized, float32 (n_rows, n_cols): into ``out`` when given, else a new array.
 
     One numba call where a kernel decodes the format (:func:`decode_rows`);
     otherwise chunk by chunk, so numpy's temporaries stay the size of a chunk.
+    A rotated result returns to the layer's basis unless ``rotated``.
     """
     n_rows, n_cols = result.shape
     if _type_kernel(result) is not None or _affine(result):
-        return decode_rows(result, 0, n_rows, out)
+        return decode_rows(result, 0, n_rows, out, rotated)
     out = float_output((n_rows, n_cols), out)
     step = _row_step(n_cols)
     for start in range(0, n_rows, step):
-        out[start:start + step] = decode_rows(result, start, start + step)
+        out[start:start + step] = decode_rows(result, start, start + step, rotated=rotated)
     return out
 
 
@@ -397,8 +402,9 @@ class LayerSummary:
     group_error : ndarray, shape (n_rows, n_groups), float32
         Mean |W − Ŵ| of every group.
     metrics : dict
-        ``bits_per_weight``, ``mse``, ``sqnr_db``, ``max_abs_error`` and, with
-        activations, ``relative_output_error`` (as :func:`qviz.metrics.summary`).
+        ``bits_per_weight``, ``mse``, ``sqnr_db``, ``max_abs_error``,
+        ``weight_crest`` (max|w|/RMS of the weight in the result's basis: lower
+        after a rotation) and, with activations, ``relative_output_error`` (as :func:`qviz.metrics.summary`).
     """
 
     result: QuantResult
@@ -422,10 +428,13 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
     ----------
     result : QuantResult
     w : ndarray, shape result.shape, float32
-        The original weight.
+        The original weight. A rotated result is measured where it was
+        quantized: against ``W·R`` (histograms, group errors); the weight and
+        output errors are the same in either basis.
     stats : WeightStats, optional
-        :func:`weight_stats` of ``w`` (and the activations); computed here when
-        not given, without activations.
+        :func:`weight_stats` of the weight in the result's basis (``W·R`` and
+        ``X·R`` for a rotated one) and the activations; computed here when not
+        given, without activations.
     scratch : ndarray, shape result.shape, float32, C-contiguous, optional
         Overwritten with W − Ŵ instead of a new array: a caller that
         summarizes often keeps one (a new 64 MB array costs tens of ms of
@@ -445,10 +454,12 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
         raise ValueError(f"the weight has shape {w.shape} but the result is {result.shape}")
     from qviz.kernels.numba import summary as kernel
 
+    if result.rotation is not None:
+        w = result.rotation.apply(w)
     stats = weight_stats(w) if stats is None else stats
     edges = stats.hist.edges
     n_rows, n_cols = result.shape
-    err = decode_all(result, scratch)  # Ŵ, then W − Ŵ in place: the one full-size temporary
+    err = decode_all(result, scratch, rotated=True)  # Ŵ, then W − Ŵ in place: the one full-size temporary
     if result.g_idx is None:
         group_error = np.empty((n_rows, result.n_groups), np.float32)
         dq_counts, err_sq, max_err = kernel.error_pass(w, err, result.group_size, edges, err, group_error)
@@ -464,6 +475,7 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
         "mse": err_sq / n,
         "sqnr_db": float("inf") if err_sq == 0 else float(10 * np.log10(stats.sum_sq / err_sq)),
         "max_abs_error": max_err,
+        "weight_crest": stats.crest,
     }
     if stats.x_reduced is not None and stats.output_sq > 0:
         metrics["relative_output_error"] = _sum_sq_output(stats.x_reduced, err) / stats.output_sq

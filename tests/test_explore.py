@@ -7,6 +7,7 @@ import pytest
 
 import qviz
 from qviz import session
+from qviz.summary import weight_stats
 from qviz.widgets.compare import compare
 from qviz.widgets.explore import VIEWS, explore
 
@@ -64,7 +65,7 @@ def test_method_widget_updates_every_view_in_place(ex):
 
 def test_controls_shown_follow_the_method(ex):
     ex.controls["method"].value = "Q8_0"
-    assert {"method", "imatrix", "row", "group"} == _visible(ex)
+    assert {"method", "imatrix", "rotate", "row", "group"} == _visible(ex)
     ex.controls["method"].value = "rtn"
     assert {"bits", "group_size", "sym", "per_tensor"} <= _visible(ex) and "damp" not in _visible(ex)
     ex.controls["bits"].value = 3
@@ -72,6 +73,22 @@ def test_controls_shown_follow_the_method(ex):
     labels = dict((v, k) for k, v in ex.controls["method"].options)
     assert {"RTN", "GPTQ", "Q4_K", "IQ4_NL"} <= set(labels.values())
     assert set(labels) == set(qviz.method_names())  # every registered method is offered
+
+
+def test_rotate_switch_quantizes_the_rotated_weight_and_shows_it(ex):
+    ex.controls["method"].value = "rtn"
+    plain = ex.summary
+    ex.controls["rotate"].value = True
+    r = ex.result
+    assert r.rotation is not None and r.rotation.n_cols == ex.layer.shape[1]
+    assert ex.summary.metrics["weight_crest"] < plain.metrics["weight_crest"]  # the outliers spread out
+    assert "after the Hadamard rotation" in ex.metrics.value
+    assert ex.figures["weights"].layout.title.text.startswith("Rotated weights W·R")
+    np.testing.assert_array_equal(ex.summary.weight_hist.counts,
+                                  weight_stats(r.rotation.apply(ex.layer.weight)).hist.counts)
+    assert abs(ex.summary.metrics["sqnr_db"] - plain.metrics["sqnr_db"]) < 3  # same bits, similar error
+    ex.controls["rotate"].value = False
+    assert ex.result.rotation is None
 
 
 def test_cached_setting_is_not_quantized_again(ex, monkeypatch):

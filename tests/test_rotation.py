@@ -96,3 +96,17 @@ def test_quantlinear_refuses_a_rotated_result(rng):
     r = qviz.quantize(rng.standard_normal((8, 64)).astype(np.float32), "rtn", group_size=32, rotate="hadamard")
     with pytest.raises(ValueError, match="quantized after a rotation"):
         QuantLinear.from_result(r)
+
+
+def test_an_importance_of_the_rotated_columns_goes_through_quantize_rotated(rng):
+    from qviz.api import quantize_rotated
+
+    w = rng.standard_normal((8, 256)).astype(np.float32)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    R = hadamard(256, seed=2)
+    im = qviz.imatrix(R.apply(x))
+    r = quantize_rotated(w, "Q4_K", R, imatrix=im)
+    np.testing.assert_array_equal(r.packed, qviz.quantize(R.apply(w), "Q4_K", imatrix=im).packed)
+    assert r.rotation is R
+    with pytest.raises(TypeError, match="qviz.rotation.Rotation"):
+        quantize_rotated(w, "Q4_K", R.matrix())

@@ -104,7 +104,8 @@ def weight_histogram(s: LayerSummary, row: int, group: int) -> go.Figure:
     lo, hi = s.weight_hist.edges[0], s.weight_hist.edges[-1]
     fig.update_layout(
         **LAYOUT, barmode="overlay", bargap=0,
-        title=(f"Weights, {n_bins} bins on [{lo:.3g}, {hi:.3g}]"
+        title=(f"{'Rotated weights W·R' if s.result.rotation is not None else 'Weights'}, "
+               f"{n_bins} bins on [{lo:.3g}, {hi:.3g}]"
                f"<br><sup>{len(levels)} levels of row {row}, group {group}</sup>"),
         xaxis_title="weight value", yaxis=dict(title="weights per bin (count, log)", type="log"))
     return fig
@@ -284,7 +285,8 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}" if np.isfinite(v) else str(v)
 
 
-def metrics_html(s: LayerSummary, calibration: str | None = None, note: str | None = None) -> str:
+def metrics_html(s: LayerSummary, calibration: str | None = None, note: str | None = None,
+                 crest_before: float | None = None) -> str:
     """The metrics panel: bits per weight, errors, what 7B and 70B models would weigh.
 
     Parameters
@@ -294,6 +296,9 @@ def metrics_html(s: LayerSummary, calibration: str | None = None, note: str | No
         Which activations the output error used (shown next to it).
     note : str, optional
         A line above the table (e.g. the fallback type a K-quant got).
+    crest_before : float, optional
+        max|w|/RMS of the unrotated weight, shown beside the rotated one's for
+        a rotated result.
 
     Returns
     -------
@@ -305,6 +310,12 @@ def metrics_html(s: LayerSummary, calibration: str | None = None, note: str | No
     rows = [("storage", f"{bpw:.4g} bits per weight ({s.result.method})"),
             ("MSE", _fmt(m["mse"])), ("SQNR", f"{_fmt(m['sqnr_db'])} dB"),
             ("max |W − Ŵ|", _fmt(m["max_abs_error"]))]
+    if "weight_crest" in m:
+        crest = _fmt(m["weight_crest"])
+        if s.result.rotation is not None:
+            before = "" if crest_before is None else f"{_fmt(crest_before)} → "
+            crest = f"{before}{crest} after the Hadamard rotation"
+        rows.append(("outliers: max |w| / RMS(w)", crest))
     if "relative_output_error" in m:
         rows.append(("relative output error ‖(W−Ŵ)Xᵀ‖²/‖WXᵀ‖²", _fmt(m["relative_output_error"])))
         if calibration:

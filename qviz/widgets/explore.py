@@ -257,7 +257,8 @@ class Explorer(widgets.VBox):
                 self.view_messages[name].value = controls.error_html(
                     f"this view failed: {type(e).__name__}: {e}")
         try:
-            self.metrics.value = layer_plots.metrics_html(self.summary, self.layer.calibration)
+            self.metrics.value = layer_plots.metrics_html(self.summary, self.layer.calibration,
+                                                          crest_before=self.layer.stats.crest)
         except Exception as e:
             log.info("explore: the metrics panel failed", exc_info=True)
             self.metrics.value = controls.error_html(f"metrics failed: {type(e).__name__}: {e}")
