@@ -479,7 +479,9 @@ def _type_method(t: QuantType) -> Method:
     options = TYPE_OPTIONS
     if t.requires_imatrix:  # IQ2_XXS, IQ2_XS, IQ1_S: llama-quantize refuses them without one
         options = (dataclasses.replace(TYPE_OPTIONS[0], optional=False), *TYPE_OPTIONS[1:])
-    return Method(t.name, t.name, "qviz.quantizers:quantize_type", options,
+    # "MXFP4" is ggml's bytes, "mxfp4" the OCP tensor format: where a method shares the name, say which
+    clash = any(n.casefold() == t.name.casefold() for n in _METHODS)
+    return Method(t.name, f"{t.name} (GGUF)" if clash else t.name, "qviz.quantizers:quantize_type", options,
                   quant_type=t, fixed={"name": t.name},
                   quantlinear="torch" in t.twins)
 

@@ -197,6 +197,19 @@ def test_names_resolve_exactly_then_case_insensitively_then_suggest():
         registry.method(4)
 
 
+def test_a_method_sharing_a_types_name_in_lowercase_is_another_thing():
+    # as "mxfp4" (the OCP tensor format) beside ggml's "MXFP4": exact names first, labels say which
+    registry.register_method(registry.Method("q8_0", "q8_0 (a toy tensor format)", lambda w: None))
+    try:
+        assert registry.method("q8_0").label == "q8_0 (a toy tensor format)"
+        assert registry.method("Q8_0").label == "Q8_0 (GGUF)" and registry.method("Q8_0").quant_type
+        with pytest.raises(ValueError, match="unknown method 'Q8_o'"):
+            registry.method("Q8_o")  # two case-insensitive matches: no guess
+    finally:
+        registry.unregister("q8_0")
+    assert registry.method("Q8_0").label == "Q8_0"
+
+
 def test_registering_twice_needs_replace(toys):
     with pytest.raises(ValueError, match="registered already"):
         registry.register_type(TOY8)
