@@ -4,7 +4,8 @@ On a random-normal 4096 × 4096 float32 layer (``--size``) with 128
 random-normal activation rows, an explorer is built, then its method control
 is set from Python exactly as a user's click would; each change returns once
 every figure and the metrics panel are updated (kernel side: no browser). For
-RTN and every GGUF type:
+RTN, every other calibration-free method (NF4, the float formats, HQQ) and
+every GGUF type, and with ``--rotate`` each also after a Hadamard rotation:
 
 * uncached: the first time a setting is shown (quantize + summarize + draw),
   with ``qviz.quantize`` alone timed next to it (the floor);
@@ -18,6 +19,7 @@ Then the bundled SmolLM2 GGUF's 49152 × 576 ``token_embd.weight`` is opened
 Usage::
 
     python benchmarks/bench_explore.py [--size 4096] [--repeats 5] [--skip-embedding] [--types RTN,Q4_K]
+                                       [--rotate]
 """
 from __future__ import annotations
 
@@ -40,11 +42,23 @@ from _common import machine  # noqa: E402
 GOAL_MS = 250
 
 
-def _settings(only: list[str] | None = None) -> dict:
+#: methods left out of the default list: calibrated (GPTQ, AWQ: issue 17) or scikit-learn's k-means
+SLOW_METHODS = ("gptq", "awq", "kmeans")
+
+
+def _settings(only: list[str] | None = None, rotate: bool = False) -> dict:
+    """RTN, every other calibration-free method, every GGUF type; ``--types`` picks by name."""
     from qviz import registry
 
-    every = {"RTN": ("rtn", {"bits": 4, "group_size": 128}), **{t: (t, {}) for t in registry.types()}}
-    return every if not only else {k: v for k, v in every.items() if k in only}
+    plain = {"RTN": ("rtn", {"bits": 4, "group_size": 128}),
+             **{n: (n, {}) for n, m in registry.methods().items()
+                if m.quant_type is None and n != "rtn" and n not in SLOW_METHODS},
+             **{t: (t, {}) for t in registry.types()}}
+    if only:
+        plain = {k: v for k, v in plain.items() if k in only}
+    if not rotate:
+        return plain
+    return {**plain, **{f"{k}+rot": (m, {**o, "rotate": True}) for k, (m, o) in plain.items()}}
 
 
 def _ms(fn) -> float:
@@ -76,7 +90,7 @@ def _figure_numbers(ex) -> int:
     return total
 
 
-def bench_layer(size: int, repeats: int, only: list[str] | None = None) -> None:
+def bench_layer(size: int, repeats: int, only: list[str] | None = None, rotate: bool = False) -> None:
     import qviz
     from qviz.summary import summarize
     from qviz.widgets.explore import explore
@@ -85,7 +99,7 @@ def bench_layer(size: int, repeats: int, only: list[str] | None = None) -> None:
     w = (rng.standard_normal((size, size)) * 0.02).astype(np.float32)
     x = rng.standard_normal((128, size)).astype(np.float32)
     small = w[:256, :512].copy()  # big enough for the parallel kernels (summary.FEW)
-    settings = _settings(only)
+    settings = _settings(only, rotate)
     im = qviz.imatrix(x)
 
     def needed(method: str, cols: np.ndarray | slice = slice(None)) -> dict:
@@ -93,23 +107,28 @@ def bench_layer(size: int, repeats: int, only: list[str] | None = None) -> None:
         return {"imatrix": im[cols]} if qviz.registry.method(method).role("importance") and \
             not next(o for o in qviz.registry.method(method).options if o.name == "imatrix").optional else {}
 
+    def call(m: str, a: np.ndarray, options: dict, cols=slice(None)):
+        o = dict(options)
+        rotate = {"rotate": "hadamard"} if o.pop("rotate", False) else {}
+        return qviz.quantize(a, m, **o, **rotate, **needed(m, cols))
+
     for method, options in settings.values():  # JIT / numba cache, untimed
-        summarize(qviz.quantize(small, method, **options, **needed(method, slice(0, 512))), small)
+        summarize(call(method, small, options, slice(0, 512)), small)
     start = ("rtn", {"bits": 3, "group_size": 64})  # a setting none of the timed ones reuses
     t_build = _ms(lambda: explore(w, calib=x, method=start[0], **start[1]))
     ex = explore(w, calib=x, method=start[0], **start[1])
     print(f"\n{size} × {size} layer, 128 activation rows; explorer built in {t_build:.0f} ms")
-    print(f"{'setting':8} {'uncached ms':>12} {'quantize ms':>12} {'cached ms (median)':>19}")
+    print(f"{'setting':14} {'uncached ms':>12} {'quantize ms':>12} {'cached ms (median)':>19}")
     worst = 0.0
     for name, (method, options) in settings.items():
-        t_quant = _ms(lambda: qviz.quantize(w, method, **options, **needed(method)))
+        t_quant = _ms(lambda: call(method, w, options))
         t_first = _ms(lambda: _switch(ex, method, options))
         cached = []
         for _ in range(repeats):
             _switch(ex, *start)
             cached.append(_ms(lambda: _switch(ex, method, options)))
         worst = max(worst, t_first)
-        print(f"{name:8} {t_first:12.0f} {t_quant:12.0f} {statistics.median(cached):19.0f}")
+        print(f"{name:14} {t_first:12.0f} {t_quant:12.0f} {statistics.median(cached):19.0f}")
     print(f"slowest first-time refresh: {worst:.0f} ms (goal {GOAL_MS} ms: "
           f"{'met' if worst <= GOAL_MS else 'not met'})")
     sel = []
@@ -150,10 +169,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-embedding", action="store_true")
-    parser.add_argument("--types", default="", help="comma-separated settings (default: RTN and every type)")
+    parser.add_argument("--types", default="", help="comma-separated settings (default: RTN, every other "
+                        "calibration-free method and every type)")
+    parser.add_argument("--rotate", action="store_true", help="each setting also after a Hadamard rotation")
     args = parser.parse_args()
     print(machine())
-    bench_layer(args.size, args.repeats, [t for t in args.types.split(",") if t] or None)
+    bench_layer(args.size, args.repeats, [t for t in args.types.split(",") if t] or None, args.rotate)
     if not args.skip_embedding:
         bench_embedding()
 
