@@ -362,12 +362,12 @@ def _load_builtins() -> None:
         if _LOADED:
             return
         _LOADED = True  # set first: the modules below call register_* while loading
+        for mod in BUILTIN_MODULES:  # the classic methods (RTN, GPTQ, AWQ …) first, as listed
+            importlib.import_module(mod)
         for pkg in BUILTIN_PACKAGES:
             package = importlib.import_module(pkg)
             for m in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
                 importlib.import_module(f"{pkg}.{m.name}")
-        for mod in BUILTIN_MODULES:
-            importlib.import_module(mod)
 
 
 def register_type(t: QuantType, *, replace: bool = False) -> QuantType:

@@ -70,9 +70,10 @@ class QuantResult:
         the format defines them: E8M0 block scales as uint8, NVFP4's E4M3
         block scales (uint8) and float32 per-tensor scale, FP8's float32
         scales, double quantization's 8-bit absmax codes and second-level
-        scales. ``scales`` is then derived from them (the exact float32 factor
-        the owner decodes with), and :attr:`storage_bits` counts these arrays
-        at their dtypes' widths instead of ``scales``.
+        scales, HQQ's float zeros. ``scales`` (and ``zeros``/``mins``) are then
+        derived from them (the exact float32 factors the owner decodes with),
+        and :attr:`storage_bits` counts these arrays at their dtypes' widths
+        instead of ``scales``, ``zeros`` and ``mins``.
     rotation : qviz.rotation.Rotation or None
         The orthogonal ``R`` of ``quantize(..., rotate="hadamard")``: the
         codes, scales and levels are those of ``W·R``, and :meth:`dequantize`
@@ -116,7 +117,8 @@ class QuantResult:
 
         Codes take ``bits`` each, zero points ``bits`` each, every float
         parameter 16 bits (fp16, as checkpoints store them); the ``stored``
-        arrays, where given, count at their own widths instead of ``scales``.
+        arrays, where given, count at their own widths instead of ``scales``,
+        ``zeros`` and ``mins``.
         A per-row codebook (k-means) is stored; a fixed one (NF4, FP4, a float
         format's values) belongs to the format and is not. With ``packed``
         bytes the count is theirs. A rotation adds its sign bits.
@@ -124,15 +126,14 @@ class QuantResult:
         rotation = 0 if self.rotation is None else self.rotation.storage_bits
         if self.packed is not None:
             return int(self.packed.nbytes) * 8 + rotation
-        if self.stored:
-            params = sum(int(np.asarray(p).nbytes) * 8 for p in self.stored.values())
+        if self.stored:  # the owner's arrays: scales, zeros and mins as it keeps them
+            total = self.codes.size * self.bits + sum(int(np.asarray(p).nbytes) * 8 for p in self.stored.values())
         else:
-            params = self.scales.size * PARAM_BITS
-        total = self.codes.size * self.bits + params
-        if self.zeros is not None:
-            total += self.zeros.size * self.bits
-        if self.mins is not None:
-            total += self.mins.size * PARAM_BITS
+            total = self.codes.size * self.bits + self.scales.size * PARAM_BITS
+            if self.zeros is not None:
+                total += self.zeros.size * self.bits
+            if self.mins is not None:
+                total += self.mins.size * PARAM_BITS
         if self.codebook is not None and self.codebook.ndim == 2:
             total += self.codebook.size * PARAM_BITS
         if self.g_idx is not None:

@@ -129,9 +129,9 @@ def test_toy_type_and_method_in_the_explorer(toys, w):
     e = qviz.explore(w, x, method="TOY8")
     assert e.setting.method == "TOY8"
     assert e.layer.summary(e.setting).result.method == "TOY8"
-    assert session.method_options("toy_sign") == {"per_row": True, "scale": "mean"}
+    assert session.method_options("toy_sign") == {"per_row": True, "scale": "mean", "rotate": False}
     e2 = qviz.explore(w, x, method="toy_sign", per_row=False)
-    assert e2.setting.kwargs == {"per_row": False, "scale": "mean"}
+    assert e2.setting.kwargs == {"per_row": False, "scale": "mean", "rotate": False}
     assert e2.layer.summary(e2.setting).result.info["per_row"] is False
     from qviz.widgets import controls
 

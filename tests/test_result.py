@@ -72,3 +72,6 @@ def test_stored_parameters_count_at_their_own_width_and_fixed_codebooks_are_free
                             stored={"block": np.zeros((2, 2), np.uint8), "tensor": np.float32(2.0)})
     assert two_level.storage_bits == 128 * 4 + 4 * 8 + 32
     np.testing.assert_array_equal(plain.levels(0, 0), [0.0, 0.25, 0.5])
+    float_zeros = QuantResult("x", (2, 64), 4, 32, codes, s, zeros=np.ones((2, 2), np.float32),
+                              stored={"scale": np.ones((2, 2), np.float32), "zero": np.ones((2, 2), np.float32)})
+    assert float_zeros.storage_bits == 128 * 4 + 2 * 4 * 32  # zeros counted once, as stored
