@@ -235,7 +235,7 @@ def _as_array(obj) -> np.ndarray:
     return np.asarray(obj)
 
 
-def _check_target(folder: Path, overwrite: bool) -> None:
+def check_target(folder: Path, overwrite: bool) -> None:
     """Refuse a non-folder, or a non-empty folder without ``overwrite`` (or one that is no checkpoint)."""
     if not (folder.exists() or folder.is_symlink()):
         return
@@ -256,7 +256,7 @@ def _check_target(folder: Path, overwrite: bool) -> None:
                          f"deleted: choose another folder")
 
 
-def _write_folder(folder, files: dict, overwrite: bool) -> Path:
+def write_folder(folder, files: dict, overwrite: bool) -> Path:
     """Write a complete folder: ``files[name](path)`` into a temporary folder beside it, then rename.
 
     A failure leaves neither the temporary folder nor a changed target; with
@@ -264,7 +264,7 @@ def _write_folder(folder, files: dict, overwrite: bool) -> Path:
     one is in place.
     """
     folder = Path(os.path.abspath(folder))
-    _check_target(folder, overwrite)
+    check_target(folder, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:12]
     tmp = folder.parent / f".{folder.name}.{tag}.part"
@@ -299,7 +299,7 @@ def _write_checkpoint(folder, tensors: dict, extra, config_file: str, derived: d
 
     ``config_file`` names the config's file; with a ``model_config``,
     ``config.json`` holds it too (its ``"quantization_config"``). The folder
-    is written whole (:func:`_write_folder`).
+    is written whole (:func:`write_folder`).
     """
     from safetensors.numpy import save_file
 
@@ -316,7 +316,7 @@ def _write_checkpoint(folder, tensors: dict, extra, config_file: str, derived: d
     files = {WEIGHTS_FILE: lambda path: save_file(tensors, str(path), metadata=meta)}
     for file_name, text in texts.items():
         files[file_name] = lambda path, text=text: path.write_text(text)
-    return _write_folder(folder, files, overwrite)
+    return write_folder(folder, files, overwrite)
 
 
 def _model_config(model_config, quant_config: dict) -> dict:
