@@ -8,15 +8,18 @@ are passed to the kernels as arrays.
 
 The time goes into ggml's ``iq2_find_best_neighbour``: for a run of 8 whose
 rounded levels are off the grid, the weighted distance to each listed
-neighbour, at every trial scale. A run keeps its levels over several trials,
-so the kernel builds, once per (run, list), each neighbour's distance as a
-quadratic in the scale (:func:`_quadratic`); a trial then evaluates those
-(two products a neighbour) and measures exactly, in ggml's float32 order, only
-the neighbours within a proven rounding bound of the least (:func:`_nearest`).
-The fit's sums keep their order; runs before the first changed point reuse
-their partial sums, and a trial with the same points as the one before is
-skipped (it cannot change the state). The helpers are inlined into the row
-kernel (``inline="always"``): a call passing a dozen arrays otherwise costs
+neighbour, at every trial scale. The kernel reorders ggml's trials (the result
+cannot tell): each run's points at all trials first (:func:`_run_trials`),
+then every trial's fit side by side (each sum in ggml's order), then ggml's
+choice among the trials in order. A run's rounded levels move one way as the
+trial's inverse scale grows, so they stay the same over a stretch of trials (a
+segment, about 5 of them); an off-grid segment builds each neighbour's distance
+as a quadratic in the scale once (:func:`_quadratic`), drops the neighbours
+that a proven bound shows cannot be the least anywhere on the segment's range
+of scales (:func:`_prune`: usually one or two are left), and measures exactly,
+in ggml's float32 order, only the survivors within a rounding bound of the
+least at each trial (none when one is left). The helpers are inlined into the
+row kernel (``inline="always"``): a call passing a dozen arrays otherwise costs
 their reference counting, more than the work of a small search. Inlining alone
 does not remove that counting (numba's pruning gives up inside branchy loops),
 so the row's work runs on borrowed views (:func:`_borrowed`: no memory record,
@@ -52,6 +55,8 @@ ERR_FACTOR = 2.0 ** -18
 ERR_FLOOR = 1e-40
 #: Runs whose bound reaches this (or is nan) take the plain search: no float32 sum there can overflow.
 BOUND_MAX = 1e30
+#: The most trials (IQ2_XS: is = -9..9).
+TMAX = 19
 
 
 def _list_starts(neighbours: np.ndarray) -> np.ndarray:
@@ -197,83 +202,174 @@ def _nearest(neighbours, coords, start, a, b, f, xval, waux, off, scale, bound):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _level_runs(kmap, neighbours, coords, levels, xval, waux, n, iscale, scale, redo, out, on_grid, grid,
-                sums, cache_u, cache_a, cache_b, slots, f):
-    """Levels of the runs ``k`` with ``redo[k]`` on inverse scale ``iscale`` into ``out`` (int8 (n,));
-    off-grid runs take their best neighbour at ``scale``. ``on_grid[k]``: the rounded levels were a point;
-    ``grid[k]``: the point taken. Returns False when a neighbour search found nothing (ggml asserts).
+def _prune(n, a, b, G, surv, slo, shi, err):
+    """Positions (into ``surv``, in list order; returns their count) of the neighbours that can be ggml's
+    choice at some scale in ``[slo, shi]`` (float64, ``0 < slo <= shi``), ``err`` bounding
+    :func:`_nearest`'s rounding (``ERR_FACTOR * bound + ERR_FLOOR``, ``bound`` at ``shi``).
 
-    The quadratics of the run's last two lists stay in ``cache_a/b[k, slot]`` (the lists' levels in
-    ``cache_u[k, slot]``): ``slots[0, k]`` is the slot the run used last, ``slots[1, k]`` the one the best
-    trial so far used, which a new list does not overwrite.
+    ``F_j(s) = s * G_j(s)`` with ``G_j(s) = s * a[j] - b[j]`` (exact arithmetic on the float32 ``a``,
+    ``b``) differs from ggml's ``d2_j(s)`` minus ``c(s)`` by less than ``err`` at every trial scale in
+    the range (:func:`_nearest`; ``bound`` grows with the scale). ``G_j - G_i`` is linear in ``s``:
+    where it exceeds ``M = 3 * err / slo`` at both ends it does so on the whole range, so there
+    ``F_j - F_i > s * M >= 3 * err`` and ``d2_j > d2_i``: ``j`` is never the least. The references
+    ``i`` are the least lines at either end; the float64 rounding of the ``G`` (below ``2**-50 *
+    bound / slo``) is covered by the third ``err`` in ``M``. Any neighbour with a nan stays.
     """
-    for k in range(n // DIMS):
-        if not redo[k]:
-            continue
-        u = 0
-        for i in range(DIMS):
-            l = nearest_int(F32(0.5) * (iscale * xval[DIMS * k + i] - F32(1.0)))
+    glo = G[0]
+    ghi = G[1]
+    for j in range(n):
+        aj = np.float64(a[j])
+        bj = np.float64(b[j])
+        glo[j] = slo * aj - bj
+        ghi[j] = shi * aj - bj
+    i1 = 0
+    i2 = 0
+    for j in range(1, n):
+        if glo[j] < glo[i1]:
+            i1 = j
+        if ghi[j] < ghi[i2]:
+            i2 = j
+    margin = 3.0 * err / slo
+    l1 = glo[i1] + margin
+    h1 = ghi[i1] + margin
+    l2 = glo[i2] + margin
+    h2 = ghi[i2] + margin
+    c = 0
+    for j in range(n):
+        gl = glo[j]
+        gh = ghi[j]
+        if not ((gl > l1 and gh > h1) or (gl > l2 and gh > h2)):
+            surv[c] = j
+            c += 1
+    return c
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _run_trials(kmap, neighbours, coords, xval, waux, k, n_trials, isc, sc, sums, ut, gt, ont, segu, qa, qb,
+                G, surv, f):
+    """ggml's points of run ``k`` at every trial: ``gt[k, t]`` the grid number, ``ont[k, t]`` whether the
+    rounded levels were a point. Returns False where a neighbour search found nothing (ggml asserts).
+
+    The levels only move one way as the trial's inverse scale grows, so a run keeps its rounded levels
+    ``u`` over a stretch of trials (a segment). An off-grid segment builds its neighbours' quadratics once
+    (kept in ``qa/qb[k, t0]``, ``segu[k, t0] = u``, for the last re-levelling); a segment of one trial
+    takes :func:`_nearest`, a longer one first drops the neighbours that cannot win on its range of
+    scales (:func:`_prune`), then per trial measures exactly only the survivors within the rounding
+    bound of the least (none when a single one is left).
+    """
+    off = DIMS * k
+    for t in range(n_trials):
+        ut[t] = 0
+    for i in range(DIMS):
+        x = xval[off + i]
+        for t in range(n_trials):
+            l = nearest_int(F32(0.5) * (isc[t] * x - F32(1.0)))
             l = max(0, min(KMAXQ - 1, l))
-            out[DIMS * k + i] = l
-            u |= l << (2 * i)
+            ut[t] |= l << (2 * i)
+    fv = G[2]
+    t0 = 0
+    while t0 < n_trials:
+        u = ut[t0]
+        t1 = t0 + 1
+        while t1 < n_trials and ut[t1] == u:
+            t1 += 1
+        for t in range(t0, t1):
+            segu[k, t] = -1
         g = np.int64(kmap[u])
-        on_grid[k] = g >= 0
-        if g < 0:
-            start = -g - 1
-            s = np.float64(scale)
-            bound = sums[k, 2] + s * (20.0 * sums[k, 1] + 100.0 * s * sums[k, 0])
-            if bound < BOUND_MAX:
-                if cache_u[k, 0] == u:
-                    slot = 0
-                elif cache_u[k, 1] == u:
-                    slot = 1
-                else:
-                    slot = 1 if slots[1, k] == 0 else 0
-                    _quadratic(coords, start, np.int64(neighbours[start]), xval, waux, DIMS * k,
-                               cache_a[k, slot], cache_b[k, slot])
-                    cache_u[k, slot] = u
-                slots[0, k] = slot
-                g = _nearest(neighbours, coords, start, cache_a[k, slot], cache_b[k, slot], f, xval, waux,
-                             DIMS * k, scale, bound)
-            else:
-                g = _best_neighbour(neighbours, coords, start, xval, waux, DIMS * k, scale)
+        if g >= 0:
+            for t in range(t0, t1):
+                gt[k, t] = g
+                ont[k, t] = True
+            t0 = t1
+            continue
+        for t in range(t0, t1):
+            ont[k, t] = False
+        start = -g - 1
+        n = np.int64(neighbours[start])
+        slo = np.float64(sc[t0])
+        shi = slo
+        for t in range(t0 + 1, t1):
+            s = np.float64(sc[t])
+            slo = s if s < slo else slo
+            shi = s if s > shi else shi
+        bound = sums[k, 2] + shi * (20.0 * sums[k, 1] + 100.0 * shi * sums[k, 0])
+        if not (bound < BOUND_MAX and slo > 0):
+            for t in range(t0, t1):
+                g = _best_neighbour(neighbours, coords, start, xval, waux, off, sc[t])
+                if g < 0:
+                    return False
+                gt[k, t] = g
+            t0 = t1
+            continue
+        a = qa[k, t0]
+        b = qb[k, t0]
+        _quadratic(coords, start, n, xval, waux, off, a, b)
+        segu[k, t0] = u
+        if t1 - t0 == 1:
+            g = _nearest(neighbours, coords, start, a, b, f, xval, waux, off, sc[t0], bound)
             if g < 0:
                 return False
-            for i in range(DIMS):
-                out[DIMS * k + i] = levels[g, i]
-        grid[k] = g
+            gt[k, t0] = g
+            t0 = t1
+            continue
+        err = ERR_FACTOR * bound + ERR_FLOOR
+        c = _prune(n, a, b, G, surv, slo, shi, err)
+        if c == 1:
+            g = np.int64(neighbours[start + 1 + surv[0]])
+            for t in range(t0, t1):
+                gt[k, t] = g
+            t0 = t1
+            continue
+        for t in range(t0, t1):
+            s = np.float64(sc[t])
+            fmin = np.inf
+            for r in range(c):
+                j = surv[r]
+                v = s * (s * np.float64(a[j]) - np.float64(b[j]))
+                fv[r] = v
+                fmin = v if v < fmin else fmin
+            lim = fmin + 3.0 * err
+            count = 0
+            pick = 0
+            for r in range(c):
+                if fv[r] <= lim:
+                    count += 1
+                    pick = r
+            if count == 1:
+                g = np.int64(neighbours[start + 1 + surv[pick]])
+            else:
+                best = FLT_MAX
+                g = -1
+                for r in range(c):
+                    if fv[r] <= lim:
+                        j = surv[r]
+                        d2 = _distance(coords, DIMS * (start + 1), n, j, xval, waux, off, sc[t])
+                        if d2 < best:
+                            best = d2
+                            g = np.int64(neighbours[start + 1 + j])
+                if g < 0:
+                    return False
+            gt[k, t] = g
+        t0 = t1
     return True
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _fit(fqx, fq2, L, n, k0, partial):
-    """``(sum(w*x*q), sum(w*q*q))`` with ``q = 2L+1``, in order, float32; ``fqx[i, l]``, ``fq2[i, l]`` hold
-    the terms of level ``l``. ``partial[:, k]`` keeps the two sums before run ``k``; those up to run ``k0``
-    are taken as they are (the runs before it kept their levels), the rest recomputed."""
-    sumqx = partial[0, k0]
-    sumq2 = partial[1, k0]
-    for k in range(k0, n // DIMS):
-        partial[0, k] = sumqx
-        partial[1, k] = sumq2
-        for i in range(DIMS * k, DIMS * (k + 1)):
-            l = np.int64(L[i])
-            sumqx += fqx[i, l]
-            sumq2 += fq2[i, l]
-    partial[0, n // DIMS] = sumqx
-    partial[1, n // DIMS] = sumq2
-    return sumqx, sumq2
-
-
-@njit(inline="always", **JIT_OPTIONS)
-def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs, work, flags, L, Laux, Lqp,
-               fterms, psums, sums, ints, cache_u, cache_a, cache_b, f):
+def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs, work, L, Lqp, trials, qt,
+               sums, ut, gt, ont, segu, qa, qb, G, surv, f):
     """One sub-block of ``quantize_row_iq2_{xxs,xs}_impl`` (the reference's ``_sub_block``).
 
-    xb, weight : float32 (n,), n = 32 (``xxs``) or 16. Writes points and signs int64 (n // 8,);
-    work : float32 (2, n) scratch (xval, waux); flags : bool (4, n // 8) scratch; L, Laux, Lqp : int8/uint8
-    (n,) scratch; fterms float32 (2, n, 3), psums float32 (2, n // 8 + 1), sums float64 (n // 8, 3), ints int64 (4, n // 8), cache_u int64
-    (n // 8, 2), cache_a/b float32 (n // 8, 2, MAX_NEIGHBOURS), f float32 (MAX_NEIGHBOURS,) scratch.
+    xb, weight : float32 (n,), n = 32 (``xxs``) or 16. Writes points and signs int64 (n // 8,). Scratch:
+    work float32 (2, n) (xval, waux); L int8, Lqp uint8 (n,); trials float32 (4, TMAX) (inverse scale,
+    scale, sumqx, sumq2 per trial); qt float32 (n, TMAX) (the trials' q = 2l+1); sums float64 (n // 8, 3);
+    ut int64 (TMAX,); gt int64, ont bool (n // 8, TMAX); segu int64 (n // 8, TMAX + 1); qa, qb float32
+    (n // 8, TMAX + 1, MAX_NEIGHBOURS); G float64 (3, MAX_NEIGHBOURS); surv int64, f float32
+    (MAX_NEIGHBOURS,).
     Returns the scale, or -1 where ggml would abort (a point off the grid).
+
+    The trials are ggml's, reordered: every run's points at all trials first (:func:`_run_trials`), then
+    the trials' fits side by side (each fit's sums in ggml's order), then ggml's choice among them in
+    trial order.
     """
     n = xb.shape[0]
     n_runs = n // DIMS
@@ -323,17 +419,16 @@ def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs,
         scale = xmax / F32(2 * KMAXQ - 1)
         eff_max = xmax
         lo, hi = -9, 10
-    # per-run constants: the fit's terms of each level, the search's bound sums, an empty cache
-    fqx = fterms[0]
-    fq2 = fterms[1]
-    for i in range(n):
-        w = weight[i]
-        wx = w * xval[i]
-        for l in range(KMAXQ):
-            q = F32(2 * l + 1)
-            fqx[i, l] = wx * q
-            fq2[i, l] = w * q * q
-    for k in range(n_runs):
+    n_trials = hi - lo
+    isc = trials[0]
+    sc = trials[1]
+    sqx = trials[2]
+    sq2 = trials[3]
+    for t in range(n_trials):
+        iscale = (F32(2 * KMAXQ - 1) + F32(lo + t) * F32(0.1)) / eff_max
+        isc[t] = iscale
+        sc[t] = F32(1.0) / iscale
+    for k in range(n_runs):  # the search's bound sums (:func:`_nearest`)
         sw = 0.0
         swx = 0.0
         swx2 = 0.0
@@ -346,68 +441,85 @@ def _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points, signs,
         sums[k, 0] = sw
         sums[k, 1] = swx
         sums[k, 2] = swx2
-        cache_u[k, 0] = -1
-        cache_u[k, 1] = -1
-    slots = ints[0:2]
-    grid = ints[2]
-    prev = ints[3]
     for k in range(n_runs):
-        slots[0, k] = 0
-        slots[1, k] = -1
-        prev[k] = -1
-    partial = psums
-    partial[0, 0] = F32(0.0)
-    partial[1, 0] = F32(0.0)
-    on_grid = flags[0]
-    aux_on_grid = flags[1]
-    every = flags[2]
-    prev_on = flags[3]
-    for k in range(n_runs):
-        on_grid[k] = True
-        every[k] = True
-    for i in range(n):
-        L[i] = 0
+        if not _run_trials(kmap, neighbours, coords, xval, waux, k, n_trials, isc, sc, sums, ut, gt, ont,
+                           segu, qa, qb, G, surv, f):
+            return F32(-1.0)
+        for t in range(n_trials):
+            g = gt[k, t]
+            for i in range(DIMS):
+                qt[DIMS * k + i, t] = F32(2 * np.int64(levels[g, i]) + 1)
+    for t in range(n_trials):
+        sqx[t] = F32(0.0)
+        sq2[t] = F32(0.0)
+    for i in range(n):  # every trial's sums at once, each in ggml's order
+        w = weight[i]
+        wx = w * xval[i]
+        qi = qt[i]
+        for t in range(n_trials):
+            q = qi[t]
+            sqx[t] += wx * q
+            sq2[t] += w * q * q
     best = F32(0.0)
-    for step in range(lo, hi):
-        iscale = (F32(2 * KMAXQ - 1) + F32(step) * F32(0.1)) / eff_max
-        if not _level_runs(kmap, neighbours, coords, levels, xval, waux, n, iscale, F32(1.0) / iscale,
-                           every, Laux, aux_on_grid, grid, sums, cache_u, cache_a, cache_b, slots, f):
-            return F32(-1.0)
-        # the same points (and grid flags) as the trial before: the same sums, and a trial that cannot
-        # change the state (it either set it from these very sums or was found wanting); the runs before
-        # the first whose point changed add the same terms as before
-        k0 = n_runs
-        same = True
-        for k in range(n_runs):
-            if grid[k] != prev[k] and k0 == n_runs:
-                k0 = k
-            if aux_on_grid[k] != prev_on[k]:
-                same = False
-            prev[k] = grid[k]
-            prev_on[k] = aux_on_grid[k]
-        if same and k0 == n_runs:
-            continue
-        sumqx, sumq2 = _fit(fqx, fq2, Laux, n, k0, partial)
-        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
-            scale = sumqx / sumq2
-            best = scale * sumqx
-            for i in range(n):
-                L[i] = Laux[i]
-            for k in range(n_runs):
-                on_grid[k] = aux_on_grid[k]
-                if not aux_on_grid[k]:
-                    slots[1, k] = slots[0, k]
+    bt = -1
+    for t in range(n_trials):
+        if sq2[t] > 0 and sqx[t] * sqx[t] > best * sq2[t]:
+            scale = sqx[t] / sq2[t]
+            best = scale * sqx[t]
+            bt = t
     n_redo = 0
-    for k in range(n_runs):  # XXS re-levels every run, XS those that were off the grid
-        every[k] = xxs or not on_grid[k]
-        n_redo += every[k]
+    for k in range(n_runs):
+        if bt >= 0:
+            g = gt[k, bt]
+            for i in range(DIMS):
+                L[DIMS * k + i] = levels[g, i]
+            redo = xxs or not ont[k, bt]  # XXS re-levels every run, XS those that were off the grid
+        else:
+            for i in range(DIMS):
+                L[DIMS * k + i] = 0
+            redo = xxs
+        n_redo += redo
+        ut[k] = redo
     if n_redo > 0 and scale > 0:
-        if not _level_runs(kmap, neighbours, coords, levels, xval, waux, n, F32(1.0) / scale, scale,
-                           every, L, aux_on_grid, grid, sums, cache_u, cache_a, cache_b, slots, f):
-            return F32(-1.0)
-        partial[0, 0] = F32(0.0)
-        partial[1, 0] = F32(0.0)
-        sumqx, sumq2 = _fit(fqx, fq2, L, n, 0, partial)
+        iscale = F32(1.0) / scale
+        for k in range(n_runs):
+            if not ut[k]:
+                continue
+            off = DIMS * k
+            u = 0
+            for i in range(DIMS):
+                l = nearest_int(F32(0.5) * (iscale * xval[off + i] - F32(1.0)))
+                l = max(0, min(KMAXQ - 1, l))
+                u |= l << (2 * i)
+            g = np.int64(kmap[u])
+            if g < 0:
+                start = -g - 1
+                s = np.float64(scale)
+                bound = sums[k, 2] + s * (20.0 * sums[k, 1] + 100.0 * s * sums[k, 0])
+                if bound < BOUND_MAX:
+                    slot = n_trials
+                    for t in range(n_trials):
+                        if segu[k, t] == u:
+                            slot = t
+                            break
+                    if slot == n_trials:
+                        _quadratic(coords, start, np.int64(neighbours[start]), xval, waux, off, qa[k, slot],
+                                   qb[k, slot])
+                    g = _nearest(neighbours, coords, start, qa[k, slot], qb[k, slot], f, xval, waux, off,
+                                 scale, bound)
+                else:
+                    g = _best_neighbour(neighbours, coords, start, xval, waux, off, scale)
+                if g < 0:
+                    return F32(-1.0)
+            for i in range(DIMS):
+                L[off + i] = levels[g, i]
+        sumqx = F32(0.0)
+        sumq2 = F32(0.0)
+        for i in range(n):
+            w = weight[i]
+            q = F32(2 * np.int64(L[i]) + 1)
+            sumqx += w * xval[i] * q
+            sumq2 += w * q * q
         if sumq2 > 0:
             scale = sumqx / sumq2
     if scale < 0:
@@ -440,29 +552,31 @@ def _quantize_row(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_s
     signs = np.zeros((n_sub, n_runs), dtype=np.int64)
     weight = np.empty(n, dtype=F32)
     work = np.empty((2, n), dtype=F32)
-    flags = np.empty((4, n_runs), dtype=np.bool_)
     L = np.zeros(n, dtype=np.int8)
-    Laux = np.zeros(n, dtype=np.int8)
     Lqp = np.zeros(n, dtype=np.uint8)
-    fterms = np.empty((2, n, KMAXQ), dtype=F32)
-    psums = np.empty((2, n_runs + 1), dtype=F32)
+    trials = np.zeros((4, TMAX), dtype=F32)
+    qt = np.zeros((n, TMAX), dtype=F32)
     sums = np.empty((n_runs, 3), dtype=np.float64)
-    ints = np.empty((4, n_runs), dtype=np.int64)
-    cache_u = np.empty((n_runs, 2), dtype=np.int64)
-    cache_a = np.empty((n_runs, 2, MAX_NEIGHBOURS), dtype=F32)
-    cache_b = np.empty((n_runs, 2, MAX_NEIGHBOURS), dtype=F32)
+    ut = np.zeros(TMAX, dtype=np.int64)
+    gt = np.zeros((n_runs, TMAX), dtype=np.int64)
+    ont = np.zeros((n_runs, TMAX), dtype=np.bool_)
+    segu = np.full((n_runs, TMAX + 1), -1, dtype=np.int64)
+    qa = np.empty((n_runs, TMAX + 1, MAX_NEIGHBOURS), dtype=F32)
+    qb = np.empty((n_runs, TMAX + 1, MAX_NEIGHBOURS), dtype=F32)
+    G = np.empty((3, MAX_NEIGHBOURS), dtype=np.float64)
+    surv = np.empty(MAX_NEIGHBOURS, dtype=np.int64)
     f = np.empty(MAX_NEIGHBOURS, dtype=F32)
     _row_work(_borrowed(x), _borrowed(imatrix), xxs, _borrowed(kmap), _borrowed(neighbours),
               _borrowed(coords), _borrowed(levels), _borrowed(out), type_size, _borrowed(scales),
-              _borrowed(points), _borrowed(signs), _borrowed(weight), _borrowed(work), _borrowed(flags),
-              _borrowed(L), _borrowed(Laux), _borrowed(Lqp), _borrowed(fterms), _borrowed(psums),
-              _borrowed(sums), _borrowed(ints), _borrowed(cache_u), _borrowed(cache_a), _borrowed(cache_b),
+              _borrowed(points), _borrowed(signs), _borrowed(weight), _borrowed(work), _borrowed(L),
+              _borrowed(Lqp), _borrowed(trials), _borrowed(qt), _borrowed(sums), _borrowed(ut), _borrowed(gt),
+              _borrowed(ont), _borrowed(segu), _borrowed(qa), _borrowed(qb), _borrowed(G), _borrowed(surv),
               _borrowed(f))
 
 
 @njit(**JIT_OPTIONS)
 def _row_work(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_size, scales, points, signs,
-              weight, work, flags, L, Laux, Lqp, fterms, psums, sums, ints, cache_u, cache_a, cache_b, f):
+              weight, work, L, Lqp, trials, qt, sums, ut, gt, ont, segu, qa, qb, G, surv, f):
     """The work of :func:`_quantize_row` on borrowed views (all arrays, scratch included)."""
     n = 32 if xxs else 16
     n_sub = QK_K // n
@@ -481,8 +595,8 @@ def _row_work(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_size,
             xb = xbl[n * ib:n * (ib + 1)]
             for i in range(n):
                 weight[i] = qw[n * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-            s = _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points[ib], signs[ib],
-                           work, flags, L, Laux, Lqp, fterms, psums, sums, ints, cache_u, cache_a, cache_b, f)
+            s = _sub_block(xb, weight, xxs, kmap, neighbours, coords, levels, points[ib], signs[ib], work, L,
+                           Lqp, trials, qt, sums, ut, gt, ont, segu, qa, qb, G, surv, f)
             if s < 0:
                 aborted = True
                 break
