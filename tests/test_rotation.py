@@ -110,3 +110,13 @@ def test_an_importance_of_the_rotated_columns_goes_through_quantize_rotated(rng)
     assert r.rotation is R
     with pytest.raises(TypeError, match="qviz.rotation.Rotation"):
         quantize_rotated(w, "Q4_K", R.matrix())
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_checkpoints_refuse_a_rotated_result(rng, tmp_path, fmt):
+    from qviz.io import export
+
+    r = qviz.quantize(rng.standard_normal((16, 128)).astype(np.float32), "rtn", group_size=128, rotate="hadamard")
+    with pytest.raises(ValueError, match="quantized after a rotation"):
+        getattr(export, f"export_{fmt}")({"fc": r}, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()

@@ -131,6 +131,11 @@ def exporters(checkpoint: str) -> list[str]:
 
 def _check_method(name: str, r: QuantResult, checkpoint: str) -> None:
     """Only affine results (scale·(code − zero) per group) of an exporting method fit a checkpoint."""
+    if r.rotation is not None:
+        raise ValueError(f"layer {name!r} was quantized after a rotation (rotate={r.rotation.kind!r}); "
+                         f"{checkpoint.upper()} checkpoints hold no rotation for the layer's input, so a "
+                         f"loader would compute with the wrong weights. Quantize it without rotate= to "
+                         f"export it")
     method = registry.METHODS.get(r.method)
     if r.mins is None and r.codebook is None and method is not None and checkpoint in method.exports:
         return
