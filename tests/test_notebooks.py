@@ -28,6 +28,7 @@ BINDER = "https://mybinder.org/v2/gh/qviz/qviz/HEAD?labpath="
 LESSONS = [
     "01_quickstart", "02_rtn_and_packing", "03_gguf_k_quants_byte_by_byte", "04_gptq", "05_awq",
     "06_whole_models", "07_your_own_model", "08_the_article", "09_what_q4_k_m_really_is",
+    "10_beyond_gguf_fp4_fp8_hqq",
 ]
 
 
