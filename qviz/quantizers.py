@@ -1,4 +1,4 @@
-"""The built-in methods and their records: RTN, GPTQ, AWQ, k-means, NF4 and every quant type.
+"""The built-in methods and their records: RTN, GPTQ, AWQ, k-means and every quant type.
 
 Each method is a small function ``f(w, **options) -> QuantResult`` (``w``
 already validated: float32, (n_rows, n_cols)) plus its :class:`~qviz.registry.Method`
@@ -29,8 +29,8 @@ CALIB = Option("calib", "array", None, "the layer's input activations, shape (n_
                role="calibration", optional=True)
 DEVICE = Option("device", "str", None, "where the algorithm runs: 'cpu' (default) or 'cuda'",
                 optional=True)
-#: checkpoint formats an affine integer result exports to (qviz.io.export, qviz.io.compressed_tensors)
-AFFINE_EXPORTS = ("gptq", "awq", "compressed-tensors")
+#: checkpoint formats an affine integer result exports to (qviz.io.export)
+AFFINE_EXPORTS = ("gptq", "awq")
 
 
 def quantize_rtn(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bool = False,
@@ -203,31 +203,6 @@ register_method(Method(
      Option("n_init", "int", 1, "scikit-learn KMeans starts", low=1, control=True),
      Option("random_state", "int", 0, "scikit-learn KMeans seed")),
     ))
-
-
-def quantize_nf4(w: np.ndarray, *, group_size: int = 64, absmax: str = "float32") -> QuantResult:
-    """QLoRA's NF4: 16 normal-float levels times each block's absmax, as bitsandbytes computes it.
-
-    See :func:`qviz.algorithms.codebook.nf4`.
-
-    Parameters
-    ----------
-    w : ndarray, shape (n_rows, n_cols), float32
-    group_size : int
-        Columns per block (64; -1 per row).
-    absmax : {"float32", "float16"}
-        Each block's absmax kept in float32 (bitsandbytes) or rounded to fp16.
-    """
-    from qviz.algorithms import codebook
-
-    return codebook.nf4(w, group_size, absmax)
-
-
-register_method(Method(
-    "nf4", "NF4", quantize_nf4,
-    (Option("group_size", "int", 64, "columns per block; -1 for one block per row", control=True),
-     Option("absmax", "str", "float32", "each block's absmax: float32 as bitsandbytes keeps it "
-            "(32 bits per block) or rounded to fp16 (16 bits)", choices=("float32", "float16")))))
 
 
 # ----------------------------------------------------------------- quant types

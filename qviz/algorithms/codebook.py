@@ -9,15 +9,10 @@ Both decode as ``scale · codebook[code]`` (see :class:`~qviz.result.QuantResult
   settle where the important weights are. The centroids are stored in fp16
   (rounded here, so decoding is what a file would give), every weight takes
   the code of its nearest rounded centroid (:func:`nearest`), and the scale is 1.
-* ``nf4``: the 16 "normal float" levels of QLoRA, quantiles of N(0, 1) scaled
-  to [-1, 1] with an exact zero, times each block's absmax, computed as
-  bitsandbytes computes it (``quantize_4bit(..., quant_type="nf4")``, its
-  CPU backend ``backends/default/ops.py``): the absmax is kept in float32,
-  each weight is scaled by the float32 reciprocal of its block's absmax,
-  clamped to [-1, 1], and takes the level whose bucket between float32
-  midpoints of adjacent levels holds it (a value on a midpoint goes to the
-  lower level). ``absmax="float16"`` rounds the absmax to fp16 first (half
-  the parameter storage).
+* ``nf4``: the 16 "normal float" levels of QLoRA times each block's absmax,
+  as bitsandbytes computes it; it lives in :mod:`qviz.formats.bnb4` beside
+  bitsandbytes' FP4 and double quantization, and its names (``NF4``,
+  ``NF4_MIDPOINTS``, ``nf4``, ``pack_nf4``) are re-exported here.
 
 Notes
 -----
@@ -33,30 +28,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from qviz.arrays import as_importance, as_weight, check_group_size
+from qviz.arrays import as_importance, as_weight
+from qviz.formats.bnb4 import NF4, NF4_MIDPOINTS, nf4, pack_nf4  # noqa: F401 (moved there)
 from qviz.result import QuantResult
 
 __all__ = ["NF4", "NF4_MIDPOINTS", "kmeans", "nearest", "nf4", "pack_nf4"]
 
-#: QLoRA's NF4 levels (Appendix E; bitsandbytes ``get_4bit_type("nf4")``), code 0 … 15.
-NF4 = np.array([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-], dtype=np.float32)
-
-#: bucket bounds between adjacent NF4 levels, ``(NF4[i] + NF4[i+1]) / 2`` in float32 as bitsandbytes
-#: computes them (``_get_4bit_quantize_bounds``); (15,) float32
-NF4_MIDPOINTS = ((NF4[:-1] + NF4[1:]) / np.float32(2)).astype(np.float32)
-
-#: the smallest absmax bitsandbytes divides by (``absmax.clamp(min=1e-38)``), float32
-ABSMAX_FLOOR = np.float32(1e-38)
-
 #: the largest finite fp16 value: centroids and scales must fit
 FP16_MAX = 65504.0
 
-#: values handled per step by :func:`nearest` and :func:`nf4`, so temporaries stay a few MB
+#: values handled per step by :func:`nearest`, so temporaries stay a few MB
 CHUNK = 1 << 18
 
 
@@ -138,140 +119,6 @@ def nearest(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
     for s in range(0, flat_in.size, CHUNK):
         flat_out[s:s + CHUNK] = _nearest_sorted(flat_in[s:s + CHUNK].astype(np.float64), lv)
     return out
-
-
-def pack_nf4(codes: np.ndarray, absmax: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """The storage bytes of an NF4 weight, row by row, in bitsandbytes' nibble order.
-
-    Parameters
-    ----------
-    codes : ndarray, shape (n_rows, n_cols), uint8
-        NF4 codes 0..15.
-    absmax : ndarray, shape (n_rows, n_groups), float32
-    dtype : {"float32", "float16"}
-        How each absmax is stored.
-
-    Returns
-    -------
-    ndarray, shape (n_rows, ceil(n_cols / 2) + n_groups * (4 | 2)), uint8
-
-    Notes
-    -----
-    One row::
-
-        byte j < ceil(n_cols / 2):    bit 7 6 5 4 | 3 2 1 0
-                                          code 2j | code 2j+1   (0 past the row's end)
-        then n_groups absmax values, little-endian float32 (4 bytes) or float16 (2 bytes)
-
-    The code bytes are bitsandbytes' ``quantize_4bit`` packing (``q[::2] << 4 | q[1::2]``
-    over the flattened weight: the same bytes when ``n_cols`` is even); bitsandbytes
-    keeps the absmax in a tensor of its own, here it follows the row's codes.
-
-    Examples
-    --------
-    >>> pack_nf4(np.array([[1, 2, 15]], np.uint8), np.array([[2.0]], np.float32), "float16").tolist()
-    [[18, 240, 0, 64]]
-    """
-    n_rows, n_cols = codes.shape
-    half = -(-n_cols // 2)
-    pairs = n_cols // 2
-    store = np.dtype("<f4" if dtype == "float32" else "<f2")
-    out = np.zeros((n_rows, half + absmax.shape[1] * store.itemsize), dtype=np.uint8)
-    out[:, :pairs] = (codes[:, 0:2 * pairs:2] << 4) | codes[:, 1:2 * pairs:2]
-    if n_cols % 2:
-        out[:, half - 1] = codes[:, -1] << 4
-    out[:, half:] = np.ascontiguousarray(absmax, dtype=store).view(np.uint8).reshape(n_rows, -1)
-    return out
-
-
-#: how :func:`nf4` may store each block's absmax
-ABSMAX_DTYPES = ("float32", "float16")
-
-
-def nf4(w, group_size: int = 64, absmax: str = "float32") -> QuantResult:
-    """NF4: QLoRA's 16 normal-float levels times each block's absmax, as bitsandbytes computes it.
-
-    Parameters
-    ----------
-    w : array_like, shape (n_rows, n_cols), float
-        Never modified.
-    group_size : int
-        Consecutive columns per block (bitsandbytes' ``blocksize``, 64); the
-        last block of a row is shorter when it does not divide the row.
-    absmax : {"float32", "float16"}
-        How each block's absmax is kept: float32 as bitsandbytes does
-        (32 bits per block), or rounded to fp16 (16 bits; the weight must
-        then stay within fp16's range).
-
-    Returns
-    -------
-    QuantResult
-        ``method="nf4"``, ``bits=4``; codes uint8 (n_rows, n_cols) index
-        ``codebook`` (= :data:`NF4`, (16,) float32); ``scales`` float32
-        (n_rows, n_groups) the absmax of each block (0 for an all-zero block,
-        whose codes point at level 0.0); ``packed`` uint8 the storage bytes
-        (:func:`pack_nf4`), so ``bits_per_weight`` counts 4 bits per code and
-        32 (or 16) per block.
-
-    Raises
-    ------
-    ValueError
-        An unknown ``absmax``, a bad ``group_size``, or with ``"float16"`` a
-        weight beyond fp16's range.
-
-    Notes
-    -----
-    bitsandbytes' rule (``backends/default/ops.py``, ``quantize_4bit``):
-    ``scaled = clamp(w * (1 / max(absmax, 1e-38)), -1, 1)`` in float32 and
-    the code is the number of :data:`NF4_MIDPOINTS` below ``scaled`` (a value
-    on a midpoint takes the lower level). A row's short last block is
-    divided by its absmax, as bitsandbytes divides its last short block.
-    bitsandbytes' blocks run over the flattened weight, these over each row:
-    the codes and absmax agree when ``group_size`` divides ``n_cols`` (or
-    for a single row).
-
-    Examples
-    --------
-    >>> r = nf4(np.array([[-2.0, 0.1, 1.0, 2.0]], np.float32), group_size=4)
-    >>> r.codes  # 0.1/2 = 0.05 is above the midpoint 0.0398; 1/2 = 0.5 below 0.5017
-    array([[ 0,  8, 12, 15]], dtype=uint8)
-    >>> r.dequantize().round(4)
-    array([[-2.    ,  0.1592,  0.8814,  2.    ]], dtype=float32)
-    >>> r.bits_per_weight  # 4 codes in 2 bytes, one float32 absmax
-    12.0
-    """
-    w = as_weight(w)
-    n_rows, n_cols = w.shape
-    g = check_group_size(group_size, n_cols)
-    if absmax not in ABSMAX_DTYPES:
-        raise ValueError(f"absmax={absmax!r}: choose 'float32' (bitsandbytes' absmax, 32 bits "
-                         f"per block) or 'float16' (rounded to fp16, 16 bits)")
-    if absmax == "float16":
-        _check_fp16_range(w)
-    starts = np.arange(0, n_cols, g)
-    full = n_cols // g * g  # columns in whole blocks
-    scales = np.empty((n_rows, starts.size), dtype=np.float32)
-    codes = np.empty((n_rows, n_cols), dtype=np.uint8)
-    step = max(1, CHUNK // n_cols)
-    for r0 in range(0, n_rows, step):  # a few rows at a time: temporaries stay small
-        rows = w[r0:r0 + step]  # (r, n_cols)
-        amax = np.maximum.reduceat(np.abs(rows), starts, axis=1)  # (r, n_groups)
-        if absmax == "float16":
-            amax = _fp16(amax)
-        scales[r0:r0 + step] = amax
-        den = np.maximum(amax, ABSMAX_FLOOR)  # bitsandbytes' absmax.clamp(min=1e-38)
-        scaled = np.empty_like(rows)
-        if full:
-            inv = np.float32(1) / den[:, :full // g]  # (r, full // g) float32 reciprocals
-            scaled[:, :full] = (rows[:, :full].reshape(rows.shape[0], -1, g)
-                                * inv[:, :, None]).reshape(rows.shape[0], full)
-        if full < n_cols:  # the short last block: divided, as bitsandbytes' tail block
-            scaled[:, full:] = rows[:, full:] / den[:, -1:]
-        np.clip(scaled, np.float32(-1), np.float32(1), out=scaled)
-        codes[r0:r0 + step] = np.searchsorted(NF4_MIDPOINTS, scaled, side="left")
-    return QuantResult("nf4", w.shape, 4, g, codes, scales, codebook=NF4.copy(),
-                       packed=pack_nf4(codes, scales, absmax),
-                       info={"codebook": "NF4 (QLoRA)", "absmax": absmax})
 
 
 def kmeans(w, bits: int = 3, importance=None, *, n_init: int = 1, max_iter: int = 50,
