@@ -29,8 +29,8 @@ CALIB = Option("calib", "array", None, "the layer's input activations, shape (n_
                role="calibration", optional=True)
 DEVICE = Option("device", "str", None, "where the algorithm runs: 'cpu' (default) or 'cuda'",
                 optional=True)
-#: checkpoint formats an affine integer result exports to (qviz.io.export)
-AFFINE_EXPORTS = ("gptq", "awq")
+#: checkpoint formats an affine integer result exports to (qviz.io.export, qviz.io.compressed_tensors)
+AFFINE_EXPORTS = ("gptq", "awq", "compressed-tensors")
 
 
 def quantize_rtn(w: np.ndarray, *, bits: int = 4, group_size: int = 128, sym: bool = False,
