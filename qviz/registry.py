@@ -459,10 +459,25 @@ def method(name: str) -> Method:
     return _type_method(_TYPES[name])
 
 
+def _rank(m: Method) -> int:
+    """0 for :data:`BUILTIN_MODULES`' methods, 1 for the format modules', 2 for any other."""
+    fn = m.function
+    module = fn.partition(":")[0] if isinstance(fn, str) else getattr(fn, "__module__", "") or ""
+    if module in BUILTIN_MODULES:
+        return 0
+    return 1 if any(module.startswith(f"{p}.") for p in BUILTIN_PACKAGES) else 2
+
+
 def methods() -> dict[str, Method]:
-    """Every method ``qviz.quantize`` accepts, by name: methods first, then quant types."""
+    """Every method ``qviz.quantize`` accepts, by name: methods first, then quant types.
+
+    The built-in methods come first (RTN, GPTQ, AWQ …), then those of the format
+    modules, then any other, each in registration order, whichever module was
+    imported first.
+    """
     _load_builtins()
-    return {**_METHODS, **{n: _type_method(t) for n, t in types().items()}}
+    ordered = sorted(_METHODS.values(), key=_rank)  # stable: registration order within a rank
+    return {**{m.name: m for m in ordered}, **{n: _type_method(t) for n, t in types().items()}}
 
 
 #: the options every quant type takes, in the order the explorers show them
