@@ -212,22 +212,28 @@ def _prune(n, a, b, G, surv, slo, shi, err):
     the range (:func:`_nearest`; ``bound`` grows with the scale). ``G_j - G_i`` is linear in ``s``:
     where it exceeds ``M = 3 * err / slo`` at both ends it does so on the whole range, so there
     ``F_j - F_i > s * M >= 3 * err`` and ``d2_j > d2_i``: ``j`` is never the least. The references
-    ``i`` are the least lines at either end; the float64 rounding of the ``G`` (below ``2**-50 *
+    ``i`` are the least lines at either end (found in the pass that computes the ``G``; any ``i`` would
+    be sound, these drop the most); the float64 rounding of the ``G`` (below ``2**-50 *
     bound / slo``) is covered by the third ``err`` in ``M``. Any neighbour with a nan stays.
     """
     glo = G[0]
     ghi = G[1]
+    i1 = 0
+    i2 = 0
+    m1 = np.inf
+    m2 = np.inf
     for j in range(n):
         aj = np.float64(a[j])
         bj = np.float64(b[j])
-        glo[j] = slo * aj - bj
-        ghi[j] = shi * aj - bj
-    i1 = 0
-    i2 = 0
-    for j in range(1, n):
-        if glo[j] < glo[i1]:
+        vl = slo * aj - bj
+        vh = shi * aj - bj
+        glo[j] = vl
+        ghi[j] = vh
+        if vl < m1:
+            m1 = vl
             i1 = j
-        if ghi[j] < ghi[i2]:
+        if vh < m2:
+            m2 = vh
             i2 = j
     margin = 3.0 * err / slo
     l1 = glo[i1] + margin
@@ -238,9 +244,8 @@ def _prune(n, a, b, G, surv, slo, shi, err):
     for j in range(n):
         gl = glo[j]
         gh = ghi[j]
-        if not ((gl > l1 and gh > h1) or (gl > l2 and gh > h2)):
-            surv[c] = j
-            c += 1
+        surv[c] = j
+        c += 0 if ((gl > l1 and gh > h1) or (gl > l2 and gh > h2)) else 1
     return c
 
 
