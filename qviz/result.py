@@ -211,8 +211,9 @@ class QuantResult:
         Returns
         -------
         ndarray, shape (n_levels,), float32
-            The quantization grid (2**bits values) or the scaled codebook
-            (its finite values: a float format's NaN codes are never produced).
+            The quantization grid (2**bits values) or the scaled codebook's
+            distinct finite values (a float format's NaN codes are never
+            produced; its +0 and −0 are one level).
         """
         n_rows = self.shape[0]
         if not (0 <= row < n_rows and 0 <= group < self.n_groups):
@@ -226,7 +227,7 @@ class QuantResult:
         if self.codebook is not None:
             cb = self.codebook if self.codebook.ndim == 1 else self.codebook[row]
             cb = cb[np.isfinite(cb)]
-            return np.sort(s * cb.astype(np.float32))
+            return np.unique(s * cb.astype(np.float32))  # ascending, ±0 of a float format once
         q = np.arange(1 << self.bits, dtype=np.float32)
         if self.mins is not None:
             return np.sort(s * q - at(self.mins))

@@ -190,7 +190,7 @@ def test_double_quant_bits_and_decode(rng):
     np.testing.assert_array_equal(plain.codes, r.codes)  # the codes come from the float32 absmax
     assert plain.bits_per_weight == 4 + 32 / 64
     assert np.abs(r.scales - plain.scales).max() < 0.01 * plain.scales.max()
-    np.testing.assert_array_equal(r.levels(3, 5), np.sort(r.scales[3, 5] * bnb4.FP4))
+    np.testing.assert_array_equal(r.levels(3, 5), np.unique(r.scales[3, 5] * bnb4.FP4))
 
 
 @pytest.mark.parametrize("quant_type", QUANT_TYPES)

@@ -14,6 +14,7 @@ import pytest
 
 import qviz
 from qviz import registry
+from qviz.formats.minifloat import E8M0_VALUES
 from qviz.io import compressed_tensors as ct
 from qviz.io.compressed_tensors import export_compressed_tensors, load_compressed_tensors
 from qviz.result import QuantResult
@@ -113,7 +114,7 @@ def mx_result(w, method):
     with np.errstate(divide="ignore"):
         k = np.where(amax > 0, np.floor(np.log2(np.where(amax > 0, amax, 1))) - emax, -127)
     e = np.clip(k + 127, 0, 254).astype(np.uint8)
-    scales = ct.e8m0_values(e)
+    scales = E8M0_VALUES[e]
     x = torch.from_numpy((blocks / scales[:, :, None]).astype(np.float32)).clamp(-vmax, vmax)
     if elem == "e2m1":
         vals = FP4_E2M1_DATA.cast_to_fp4(x.clone())

@@ -148,8 +148,8 @@ def test_result_fields_storage_and_info():
     assert set(r.stored) == {"scale", "zero"}
     assert all(a.dtype == np.float32 for a in r.stored.values())
     assert r.codes.max() <= 15
-    # codes 4 bits; per group: scale and zero as float32 (64 bits), plus QuantResult's zeros at `bits`
-    assert r.bits_per_weight == pytest.approx(4 + 64 / 64 + 4 / 64)
+    # codes 4 bits; per group of 64: the stored float32 scale and zero (64 bits), nothing counted twice
+    assert r.bits_per_weight == 4 + 64 / 64
     info = r.info
     assert info["iterations"] == len(info["errors"]) >= 2
     assert info["rtn_error"] == info["errors"][0]

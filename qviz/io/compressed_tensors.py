@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from qviz import registry
+from qviz.formats.minifloat import E8M0_VALUES, element_format
 from qviz.io.export import write_folder
 from qviz.result import QuantResult
 
@@ -119,40 +120,8 @@ _FP8_TORCH = "float8_e4m3fn"
 # ----------------------------------------------------------------- element formats
 
 def element_values(fmt: str) -> np.ndarray:
-    """Every code's value of an element format, from the format's definition.
-
-    Parameters
-    ----------
-    fmt : {"e4m3", "e2m1", "e2m3"}
-        OCP FP8 E4M3 (``float8_e4m3fn``: no infinities, S.1111.111 is NaN),
-        FP4 E2M1 and FP6 E2M3 (no NaN, no infinities); the sign is the top bit.
-
-    Returns
-    -------
-    ndarray, shape (2**bits,), float32
-
-    Examples
-    --------
-    >>> element_values("e2m1")[:8].tolist()
-    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
-    >>> float(element_values("e4m3")[0x7E]), float(element_values("e2m3")[0x1F])
-    (448.0, 7.5)
-    """
-    exp_bits, man_bits = {"e4m3": (4, 3), "e2m1": (2, 1), "e2m3": (2, 3)}[fmt]
-    bias = (1 << (exp_bits - 1)) - 1
-    code = np.arange(1 << (1 + exp_bits + man_bits))
-    sign = np.where(code >> (exp_bits + man_bits) & 1, -1.0, 1.0)
-    e = (code >> man_bits) & ((1 << exp_bits) - 1)
-    m = (code & ((1 << man_bits) - 1)) / (1 << man_bits)
-    mag = np.where(e == 0, m * 2.0 ** (1 - bias), (1 + m) * 2.0 ** (e - bias))
-    values = (sign * mag).astype(np.float32)
-    if fmt == "e4m3":
-        values[(code & 0x7F) == 0x7F] = np.nan
-    return values
-
-
-def _element_bits(fmt: str) -> int:
-    return {"e4m3": 8, "e2m1": 4, "e2m3": 6}[fmt]
+    """Every code's value of element format ``fmt`` (:mod:`qviz.formats.minifloat`), float32."""
+    return element_format(fmt).values
 
 
 # ----------------------------------------------------------------- packing
@@ -306,11 +275,6 @@ def e8m0_exponents(scales: np.ndarray) -> np.ndarray | None:
     if (e < 0).any() or (e > 254).any():
         return None
     return e.astype(np.uint8)
-
-
-def e8m0_values(e: np.ndarray) -> np.ndarray:
-    """``2**(e − 127)`` as float32 (exact; e = 0 is the subnormal 2**-127)."""
-    return np.ldexp(np.float32(1), np.asarray(e, np.int32) - 127).astype(np.float32)
 
 
 # ----------------------------------------------------------------- export
@@ -532,7 +496,7 @@ def _mx_layer(name: str, r: QuantResult, fmt_name: str, elem: str) -> tuple[dict
     else:
         weight = (f"{name}.weight", (np.ascontiguousarray(codes), _FP8_TORCH))
     tensors = dict([weight, (f"{name}.weight_scale", (e, "uint8"))])
-    args = {"num_bits": _element_bits(elem), "type": "float", "symmetric": True, "group_size": MX_BLOCK,
+    args = {"num_bits": element_format(elem).bits, "type": "float", "symmetric": True, "group_size": MX_BLOCK,
             "strategy": "group", "dynamic": False, "scale_dtype": "torch.uint8"}
     return tensors, args, fmt_name
 
@@ -1087,7 +1051,7 @@ def _load_mx(layer: _Layer, method: str) -> QuantResult:
     if (e == 255).any():
         raise ValueError(f"{layer.name}.weight_scale holds the E8M0 NaN (255): the checkpoint is damaged")
     info = {"checkpoint": QUANT_METHOD, "format": fmt, "fmt": elem, "granularity": "block"}
-    return QuantResult(method, (n_rows, n_cols), _element_bits(elem), MX_BLOCK, codes, e8m0_values(e),
+    return QuantResult(method, (n_rows, n_cols), element_format(elem).bits, MX_BLOCK, codes, E8M0_VALUES[e],
                        codebook=element_values(elem), stored={"scale": np.ascontiguousarray(e)}, info=info)
 
 
