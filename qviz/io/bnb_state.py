@@ -68,9 +68,16 @@ def to_bnb(result: QuantResult, *, dtype: str = "float32"):
     ValueError
         Another method, a blocksize bitsandbytes refuses, blocks that would
         cross rows, or an unknown ``dtype``.
+    ImportError
+        Without bitsandbytes.
     """
     import torch
-    from bitsandbytes.functional import QuantState
+
+    try:
+        from bitsandbytes.functional import QuantState
+    except ImportError as e:
+        raise ImportError("to_bnb builds a bitsandbytes QuantState: pip install bitsandbytes "
+                          "(its CPU backend is enough); from_bnb reads a state without it") from e
 
     if not isinstance(result, QuantResult) or result.method not in TABLES:
         got = getattr(result, "method", type(result).__name__)
