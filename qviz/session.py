@@ -337,14 +337,15 @@ class Layer:
         self.calibration = calibration if x is not None else ""
         self.has_weight = has_weight
         self.stats = weight_stats(weight, x)
-        self._rotated_stats: dict[tuple, object] = {}
+        self._rotation_key, self._rotation = None, None  # (W·R, its WeightStats) of the last rotation
         self._cache: collections.OrderedDict[Setting, LayerSummary] = collections.OrderedDict()
         self._scratch = None
         self._pinned: dict[Setting, LayerSummary] = {}
         self.given = None
         if given is not None:
             self.given = setting_of(given) if has_weight else Setting(given.method)
-            self._pinned[self.given] = summarize(given, weight, self.stats_for(given))
+            self._pinned[self.given] = summarize(given, weight, self.stats_for(given), None,
+                                                 self.rotated_weight(given))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -352,14 +353,21 @@ class Layer:
 
     def stats_for(self, result: QuantResult):
         """:attr:`stats`, or those of ``W·R`` and ``X·R`` for a result quantized after rotation ``R``."""
-        R = result.rotation
-        if R is None:
+        if result.rotation is None:
             return self.stats
+        return self._rotated(result.rotation)[1]
+
+    def rotated_weight(self, result: QuantResult) -> np.ndarray | None:
+        """``W·R`` for a result quantized after rotation ``R`` (kept for the last rotation), else None."""
+        return None if result.rotation is None else self._rotated(result.rotation)[0]
+
+    def _rotated(self, R) -> tuple:
         key = (R.kind, R.block, R.seed)
-        if key not in self._rotated_stats:
-            self._rotated_stats[key] = weight_stats(R.apply(self.weight),
-                                                    None if self.x is None else R.apply(self.x))
-        return self._rotated_stats[key]
+        if self._rotation_key != key:  # one rotation kept: the explorers' switch uses one R per layer
+            w_rot = R.apply(self.weight)
+            self._rotation = (w_rot, weight_stats(w_rot, None if self.x is None else R.apply(self.x)))
+            self._rotation_key = key
+        return self._rotation
 
     def summary(self, setting: Setting) -> LayerSummary:
         """The summary of ``setting``: cached, else quantized and measured now."""
@@ -371,7 +379,8 @@ class Layer:
         if self._scratch is None:  # W − Ŵ of every summary, one buffer (see summarize)
             self._scratch = np.empty(self.weight.shape, np.float32)
         result = quantize_setting(self.weight, setting, self.x)
-        s = summarize(result, self.weight, self.stats_for(result), self._scratch)
+        s = summarize(result, self.weight, self.stats_for(result), self._scratch,
+                      self.rotated_weight(result))
         self._cache[setting] = s
         while len(self._cache) > MAX_CACHED:
             self._cache.popitem(last=False)

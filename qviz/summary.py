@@ -421,7 +421,7 @@ class LayerSummary:
 
 
 def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = None,
-              scratch: np.ndarray | None = None) -> LayerSummary:
+              scratch: np.ndarray | None = None, rotated_weight: np.ndarray | None = None) -> LayerSummary:
     """Measure ``result`` against the weight it came from.
 
     Parameters
@@ -439,6 +439,9 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
         Overwritten with W − Ŵ instead of a new array: a caller that
         summarizes often keeps one (a new 64 MB array costs tens of ms of
         page faults).
+    rotated_weight : ndarray, shape result.shape, float32, optional
+        ``result.rotation.apply(w)``, when the caller keeps it (rotating a
+        4096 × 4096 weight costs tens of ms).
 
     Returns
     -------
@@ -455,7 +458,7 @@ def summarize(result: QuantResult, w: np.ndarray, stats: WeightStats | None = No
     from qviz.kernels.numba import summary as kernel
 
     if result.rotation is not None:
-        w = result.rotation.apply(w)
+        w = result.rotation.apply(w) if rotated_weight is None else rotated_weight
     stats = weight_stats(w) if stats is None else stats
     edges = stats.hist.edges
     n_rows, n_cols = result.shape
