@@ -75,7 +75,7 @@ import numpy as np
 
 from qviz import registry
 from qviz.formats.minifloat import E8M0_VALUES, element_format
-from qviz.io.export import write_folder
+from qviz.io.export import check_results, write_folder
 from qviz.result import QuantResult
 
 WEIGHTS_FILE = "model.safetensors"
@@ -278,28 +278,6 @@ def e8m0_exponents(scales: np.ndarray) -> np.ndarray | None:
 
 
 # ----------------------------------------------------------------- export
-
-def _layer_name(name) -> str:
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"layer names must be non-empty strings, got {name!r}")
-    return name[: -len(".weight")] if name.endswith(".weight") else name
-
-
-def _check_results(results) -> dict[str, QuantResult]:
-    if not isinstance(results, Mapping) or not results:
-        raise TypeError("results must be a non-empty dict {layer name: QuantResult}, "
-                        f"got {type(results).__name__}")
-    out = {}
-    for name, r in results.items():
-        layer = _layer_name(name)
-        if not isinstance(r, QuantResult):
-            raise TypeError(f"results[{name!r}] is a {type(r).__name__}, not a QuantResult "
-                            f"(quantize it with qviz.quantize(w, 'gptq', 'rtn', 'fp8', 'nvfp4', …))")
-        if layer in out:
-            raise ValueError(f"two results are both called {layer!r} (with and without '.weight')")
-        out[layer] = r
-    return out
-
 
 def exporters() -> list[str]:
     """Methods whose results export here: the affine ones whose records list
@@ -705,7 +683,7 @@ def export_compressed_tensors(results: Mapping[str, QuantResult], folder: str | 
     """
     from safetensors.torch import save_file
 
-    results = _check_results(results)
+    results = check_results(results)
     if model_config is not None and not isinstance(model_config, Mapping):
         raise TypeError(f"model_config must be a dict (e.g. model.config.to_dict()), "
                         f"got {type(model_config).__name__}")

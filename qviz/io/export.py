@@ -96,22 +96,30 @@ _DERIVED = ("bits", "group_size", "sym", "desc_act", "static_groups", "quant_met
             "checkpoint_format", "zero_point", "version", "model_file_base_name")
 
 
-def _layer_name(name) -> str:
+def layer_name(name) -> str:
+    """A checkpoint's layer name: ``name`` without a trailing ``.weight`` (a non-empty string)."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"layer names must be non-empty strings, got {name!r}")
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
-def _check_results(results) -> dict[str, QuantResult]:
+def check_results(results) -> dict[str, QuantResult]:
+    """``{layer name: QuantResult}`` checked: a non-empty mapping, results only, names unique.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the entry and the fix.
+    """
     if not isinstance(results, Mapping) or not results:
         raise TypeError("results must be a non-empty dict {layer name: QuantResult}, "
                         f"got {type(results).__name__}")
     out = {}
     for name, r in results.items():
-        layer = _layer_name(name)
+        layer = layer_name(name)
         if not isinstance(r, QuantResult):
             raise TypeError(f"results[{name!r}] is a {type(r).__name__}, not a QuantResult "
-                            f"(quantize it with qviz.quantize(w, 'gptq' or 'rtn'))")
+                            f"(quantize it with qviz.quantize(w, method), e.g. 'gptq', 'rtn', 'fp8')")
         if layer in out:
             raise ValueError(f"two results are both called {layer!r} (with and without '.weight')")
         out[layer] = r
@@ -483,7 +491,7 @@ def export_gptq(results: Mapping[str, QuantResult], folder: str | os.PathLike,
     >>> sorted(p.name for p in folder.iterdir())
     ['model.safetensors', 'quantize_config.json']
     """
-    results = _check_results(results)
+    results = check_results(results)
     tensors = {}
     for name, r in results.items():
         tensors.update(gptq_tensors(name, r, checkpoint_format))
@@ -561,7 +569,7 @@ def export_awq(results: Mapping[str, QuantResult], folder: str | os.PathLike, *,
     activation's ``scales`` or, without an activation, refused: a checkpoint
     without ``s`` would decode to ``Q(W·diag(s))``, not the layer's weight.
     """
-    results = _check_results(results)
+    results = check_results(results)
     tensors = {}
     for name, r in results.items():
         tensors.update(awq_tensors(name, r))
@@ -595,7 +603,7 @@ def _activation_scales(results: dict[str, QuantResult], scaled_activations) -> d
     if scaled_activations is not None and not isinstance(scaled_activations, Mapping):
         raise TypeError(f"scaled_activations must be a dict {{layer: activation module name}}, "
                         f"got {type(scaled_activations).__name__}")
-    given = {_layer_name(k): v for k, v in (scaled_activations or {}).items()}
+    given = {layer_name(k): v for k, v in (scaled_activations or {}).items()}
     unknown = sorted(set(given) - set(results))
     if unknown:
         raise ValueError(f"scaled_activations names layers that are not among the results: {', '.join(unknown)}")
