@@ -201,6 +201,12 @@ def _affine(result: QuantResult) -> bool:
         p is None for p in (result.mins, result.codebook, result.g_idx, result.input_scale))
 
 
+def _fixed_codebook(result: QuantResult) -> bool:
+    """Decoded as ``scale * codebook[code]`` with one codebook and contiguous groups (NF4, FP4, FP8, MX, NVFP4)."""
+    return (result.codes.dtype == np.uint8 and result.codebook is not None and result.codebook.ndim == 1
+            and all(p is None for p in (result.mins, result.zeros, result.g_idx, result.input_scale)))
+
+
 def _type_kernel(result: QuantResult) -> Callable | None:
     """The numba ``dequantize_<type>(packed, out)`` of a result holding a registered type's bytes, or None."""
     if result.packed is None or result.method not in registry.TYPES:
@@ -219,7 +225,7 @@ def decode_all(result: QuantResult, out: np.ndarray | None = None, rotated: bool
     A rotated result returns to the layer's basis unless ``rotated``.
     """
     n_rows, n_cols = result.shape
-    if _type_kernel(result) is not None or _affine(result):
+    if _type_kernel(result) is not None or _affine(result) or _fixed_codebook(result):
         return decode_rows(result, 0, n_rows, out, rotated)
     out = float_output((n_rows, n_cols), out)
     step = _row_step(n_cols)
@@ -235,8 +241,9 @@ def decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | No
     Registered quant types decode their packed bytes with their numba twin
     (``registry.quant_type(name).function("dequantize", "numba")``,
     bit-identical to ``QuantResult.dequantize`` and ggml's to_float), plain affine results
-    (RTN, GPTQ without act-order) with numba's ``scale * (code - zero)``, the
-    rest, and a few rows of any (where starting the kernel's threads costs
+    (RTN, GPTQ without act-order) with numba's ``scale * (code - zero)``, results
+    with one fixed codebook (NF4, FP4, FP8, MX, NVFP4) with numba's
+    ``scale * codebook[code]``, the rest, and a few rows of any (where starting the kernel's threads costs
     more than it saves), through ``QuantResult.dequantize`` of the rows. A
     rotated result returns to the layer's basis unless ``rotated``.
     """
@@ -261,6 +268,10 @@ def _decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | N
         if zeros is None:  # symmetric: the implied zero everywhere
             zeros = np.full(part.scales.shape, part.implied_zero, np.float32)
         return dequantize(part.codes, part.scales, zeros, part.group_size, out)
+    if _fixed_codebook(result) and not few:
+        from qviz.kernels.numba.decode import dequantize_codebook
+
+        return dequantize_codebook(part.codes, part.scales, part.codebook, part.group_size, out)
     out = float_output(part.shape, out)
     out[...] = part.dequantize(rotated=True)
     return out

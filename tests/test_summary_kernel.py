@@ -139,6 +139,17 @@ def test_summarize_equals_the_numpy_definitions(rng, method, options):
     np.testing.assert_array_equal(summary.decode_all(r).view(np.uint32), r.dequantize().view(np.uint32))
 
 
+@pytest.mark.parametrize("method, options", [("nf4", {}), ("fp4", {"double_quant": True}), ("fp8", {}),
+                                             ("fp8", {"granularity": "tensor"}), ("mxfp4", {}), ("nvfp4", {}),
+                                             ("hqq", {"group_size": 64})])
+def test_numba_decoders_of_the_tensor_formats_are_bit_exact(rng, method, options):
+    w = (rng.standard_normal((256, 512)) * 0.05).astype(np.float32)  # above summary.FEW: the kernels run
+    r = qviz.quantize(w, method, **options)
+    np.testing.assert_array_equal(summary.decode_all(r).view(np.uint32), r.dequantize().view(np.uint32))
+    rot = qviz.quantize(w, method, rotate="hadamard", **options)
+    np.testing.assert_array_equal(summary.decode_all(rot), rot.dequantize())
+
+
 def test_summarize_into_a_reused_scratch_buffer(rng):
     from qviz.kernels.numba.buffers import float_output
 
