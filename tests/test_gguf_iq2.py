@@ -8,6 +8,9 @@ the float32 bit patterns of dequantized values, and on ``QuantResult.dequantize(
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -16,6 +19,7 @@ import pytest
 import ggml_oracle as oracle
 from edge_rows import CASES as EDGE_CASES
 from edge_rows import edge_rows, importance, mixed_groups
+import qviz
 from qviz import registry
 from qviz.formats.iq_lattice import lattice
 from qviz.formats.spec import FORMATS, QK_K
@@ -294,3 +298,24 @@ def test_where_ggml_aborts_d_is_inf_and_qviz_rescales(type_name):
     if aborted.any():
         assert r.info.get("imatrix_rescaled")
         oracle.assert_blocks_equal(type_name, r.packed, oracle.quantize(type_name, x, ones))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc tunable")
+def test_the_twins_scratch_outlives_the_row_work_on_its_views():
+    # every allocation of 4 KiB or more gets its own mapping, unmapped when freed: the twin's scratch,
+    # handed to the row's work as borrowed views, must not be freed before that work has run
+    script = (
+        "import numpy as np, qviz\n"
+        "rng = np.random.default_rng(0)\n"
+        "w = rng.standard_normal((16, 512)).astype(np.float32)\n"
+        "im = rng.random(512).astype(np.float32) + 0.1\n"
+        "for t in ('IQ2_XXS', 'IQ2_XS'):\n"
+        "    print(t, qviz.quantize(w, t, imatrix=im).packed.tobytes().hex())\n")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "4096"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 512)).astype(np.float32)
+    im = rng.random(512).astype(np.float32) + 0.1
+    want = "".join(f"{t} {qviz.quantize(w, t, imatrix=im).packed.tobytes().hex()}\n" for t in ("IQ2_XXS", "IQ2_XS"))
+    assert run.stdout == want

@@ -103,7 +103,8 @@ def _borrowed(typingctx, arr):
     """``arr`` as a view without its memory record (meminfo and parent null): the same data, shape and
     strides, but numba's reference counts on it (and on views of it) become null checks instead of
     atomic operations. Only for arrays that an owner keeps alive while the view is used: here the
-    arguments of :func:`_row_work`, whose caller :func:`_quantize_row` holds the owners across the call.
+    arguments of :func:`_row_work`, whose caller :func:`_quantize_row` holds the owners across the call
+    (numba frees an array after its variable's last use, so the owner must be used after the call).
     """
     if not isinstance(arr, types.Array):
         return None
@@ -548,7 +549,7 @@ def _quantize_row(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_s
     where ggml would abort gets ``d = +inf`` and zero bits (``ABORTED_D``, as the reference).
 
     Allocates the row's scratch and hands :func:`_row_work` borrowed views (:func:`_borrowed`) of it and
-    of the arguments: they stay alive here until that call returns."""
+    of the arguments; :func:`_hold` keeps the scratch alive until that call has returned."""
     n = 32 if xxs else 16
     n_sub = QK_K // n
     n_runs = n // DIMS
@@ -577,6 +578,15 @@ def _quantize_row(x, imatrix, xxs, kmap, neighbours, coords, levels, out, type_s
               _borrowed(Lqp), _borrowed(trials), _borrowed(qt), _borrowed(sums), _borrowed(ut), _borrowed(gt),
               _borrowed(ont), _borrowed(segu), _borrowed(qa), _borrowed(qb), _borrowed(G), _borrowed(surv),
               _borrowed(f))
+    # numba frees a variable's array right after its last use: without this later use, the scratch above
+    # would be freed before _row_work ran on the views (a large one unmapped: a crash; others reused)
+    _hold(scales, points, signs, weight, work, L, Lqp, trials, qt, sums, ut, gt, ont, segu, qa, qb, G, surv, f)
+
+
+@njit(**JIT_OPTIONS)
+def _hold(*arrays):
+    """Nothing: a last use of ``arrays``, so their owner frees them only after this call."""
+    return len(arrays)
 
 
 @njit(**JIT_OPTIONS)
