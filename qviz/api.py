@@ -44,8 +44,9 @@ def quantize(weight, method: str = "rtn", *, rotate: str | None = None, rotate_b
         dimension (QuaRot/SpinQuant; :mod:`qviz.rotation`), with any method.
         Calibration activations are rotated the same way (``X·R``); the
         result records ``R`` and decodes back to the layer's basis. An
-        importance per input column (``imatrix``) does not survive a rotation:
-        pass the rotated activations' one instead.
+        importance per input column (``imatrix``) does not survive a rotation
+        and is refused here: give the rotated activations' one to
+        :func:`quantize_rotated`.
     rotate_block : int, optional
         Hadamard block, a power of two dividing the columns (default: the
         largest).

@@ -243,8 +243,9 @@ def decode_rows(result: QuantResult, start: int, stop: int, out: np.ndarray | No
     bit-identical to ``QuantResult.dequantize`` and ggml's to_float), plain affine results
     (RTN, GPTQ without act-order) with numba's ``scale * (code - zero)``, results
     with one fixed codebook (NF4, FP4, FP8, MX, NVFP4) with numba's
-    ``scale * codebook[code]``, the rest, and a few rows of any (where starting the kernel's threads costs
-    more than it saves), through ``QuantResult.dequantize`` of the rows. A
+    ``scale * codebook[code]``; the rest, and a few rows of any (where starting
+    the kernel's threads costs more than it saves), through
+    ``QuantResult.dequantize`` of the rows. A
     rotated result returns to the layer's basis unless ``rotated``.
     """
     out = _decode_rows(result, start, stop, out, rotated)
