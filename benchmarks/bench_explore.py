@@ -42,8 +42,8 @@ from _common import machine  # noqa: E402
 GOAL_MS = 250
 
 
-#: methods left out of the default list: calibrated (GPTQ, AWQ: issue 17) or scikit-learn's k-means
-SLOW_METHODS = ("gptq", "awq", "kmeans")
+#: left out of the default list besides the calibrated methods (GPTQ, AWQ: issue 17): scikit-learn's k-means
+SLOW_METHODS = ("kmeans",)
 
 
 def _settings(only: list[str] | None = None, rotate: bool = False) -> dict:
@@ -52,7 +52,7 @@ def _settings(only: list[str] | None = None, rotate: bool = False) -> dict:
 
     plain = {"RTN": ("rtn", {"bits": 4, "group_size": 128}),
              **{n: (n, {}) for n, m in registry.methods().items()
-                if m.quant_type is None and n != "rtn" and n not in SLOW_METHODS},
+                if m.quant_type is None and n != "rtn" and not m.needs_calibration and n not in SLOW_METHODS},
              **{t: (t, {}) for t in registry.types()}}
     if only:
         plain = {k: v for k, v in plain.items() if k in only}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import qviz
-from qviz.algorithms.codebook import NF4, NF4_MIDPOINTS, kmeans, nearest, nf4
+from qviz.algorithms.codebook import kmeans, nearest
+from qviz.formats.bnb4 import NF4, NF4_MIDPOINTS, nf4
 
 #: QLoRA (arXiv:2305.14314) Appendix E, the NF4 data type, as printed (and in bitsandbytes)
 NF4_TABLE = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,

@@ -145,7 +145,9 @@ def test_rows_not_a_multiple_of_32_are_refused_as_torchao_refuses_them(rng):
 def test_registered_names_labels_and_the_ggml_type_beside_them(rng):
     ms = qviz.methods()
     for name in ELEMENTS:
-        assert ms[name].label == f"{name} (OCP MX)" and ms[name].exports == ("compressed-tensors",)
+        # compressed-tensors' FP6 is E2M3 only: the E3M2 record does not claim an export it refuses
+        want = () if name == "mxfp6_e3m2" else ("compressed-tensors",)
+        assert ms[name].label == f"{name} (OCP MX)" and ms[name].exports == want
         assert not ms[name].quantlinear
     assert [o.name for o in ms["mxfp8"].controls] == ["fmt", "scale_rule"]
     assert [o.name for o in ms["mxfp4"].controls] == ["scale_rule"]

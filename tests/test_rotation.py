@@ -112,11 +112,12 @@ def test_an_importance_of_the_rotated_columns_goes_through_quantize_rotated(rng)
         quantize_rotated(w, "Q4_K", R.matrix())
 
 
-@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+@pytest.mark.parametrize("fmt", ["gptq", "awq", "compressed_tensors"])
 def test_checkpoints_refuse_a_rotated_result(rng, tmp_path, fmt):
-    from qviz.io import export
+    from qviz.io import compressed_tensors, export
 
+    writer = getattr(compressed_tensors if fmt == "compressed_tensors" else export, f"export_{fmt}")
     r = qviz.quantize(rng.standard_normal((16, 128)).astype(np.float32), "rtn", group_size=128, rotate="hadamard")
     with pytest.raises(ValueError, match="quantized after a rotation"):
-        getattr(export, f"export_{fmt}")({"fc": r}, tmp_path / "ckpt")
+        writer({"fc": r}, tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists()

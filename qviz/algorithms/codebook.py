@@ -10,9 +10,8 @@ Both decode as ``scale · codebook[code]`` (see :class:`~qviz.result.QuantResult
   (rounded here, so decoding is what a file would give), every weight takes
   the code of its nearest rounded centroid (:func:`nearest`), and the scale is 1.
 * ``nf4``: the 16 "normal float" levels of QLoRA times each block's absmax,
-  as bitsandbytes computes it; it lives in :mod:`qviz.formats.bnb4` beside
-  bitsandbytes' FP4 and double quantization, and its names (``NF4``,
-  ``NF4_MIDPOINTS``, ``nf4``, ``pack_nf4``) are re-exported here.
+  as bitsandbytes computes it, lives in :mod:`qviz.formats.bnb4` beside
+  bitsandbytes' FP4 and double quantization.
 
 Notes
 -----
@@ -29,10 +28,9 @@ from __future__ import annotations
 import numpy as np
 
 from qviz.arrays import as_importance, as_weight
-from qviz.formats.bnb4 import NF4, NF4_MIDPOINTS, nf4, pack_nf4  # noqa: F401 (moved there)
 from qviz.result import QuantResult
 
-__all__ = ["NF4", "NF4_MIDPOINTS", "kmeans", "nearest", "nf4", "pack_nf4"]
+__all__ = ["kmeans", "nearest"]
 
 #: the largest finite fp16 value: centroids and scales must fit
 FP16_MAX = 65504.0

@@ -182,8 +182,10 @@ def register_mx_methods() -> None:
         if name == "mxfp8":
             options = (Option("fmt", "str", "e4m3", "element format: E4M3 (max 448) or E5M2 (max 57344)",
                               choices=("e4m3", "e5m2"), control=True), *options)
+        # compressed-tensors' FP6 is E2M3 only
+        exports = () if name == "mxfp6_e3m2" else ("compressed-tensors",)
         register_method(Method(name, f"{name} (OCP MX)", quantize_mx, options,
-                               exports=("compressed-tensors",), quantlinear=False, fixed={"name": name}))
+                               exports=exports, quantlinear=False, fixed={"name": name}))
 
 
 register_mx_methods()

@@ -75,7 +75,7 @@ import numpy as np
 
 from qviz import registry
 from qviz.formats.minifloat import E8M0_VALUES, element_format
-from qviz.io.export import check_results, write_folder
+from qviz.io.export import check_results, check_unrotated, write_folder
 from qviz.result import QuantResult
 
 WEIGHTS_FILE = "model.safetensors"
@@ -280,16 +280,14 @@ def e8m0_exponents(scales: np.ndarray) -> np.ndarray | None:
 # ----------------------------------------------------------------- export
 
 def exporters() -> list[str]:
-    """Methods whose results export here: the affine ones whose records list
-    ``"compressed-tensors"``, and the float formats compressed-tensors holds.
+    """Methods whose results export here: those whose registry records list ``"compressed-tensors"``.
 
     Examples
     --------
     >>> {"rtn", "gptq", "awq"} <= set(exporters())
     True
     """
-    names = [n for n, m in registry.methods().items() if QUANT_METHOD in m.exports]
-    return names + [n for n in FLOAT_METHODS if n not in names]
+    return [n for n, m in registry.methods().items() if QUANT_METHOD in m.exports]
 
 
 def _refuse(name: str, r: QuantResult) -> None:
@@ -571,10 +569,7 @@ def layer_tensors(name: str, r: QuantResult, scale_dtype: str = "float32") -> tu
         raise ValueError(f"scale_dtype={scale_dtype!r}; valid: {', '.join(SCALE_DTYPES)}")
     if r.method in UNSUPPORTED:
         raise ValueError(f"layer {name!r} is {r.method!r}: {UNSUPPORTED[r.method]}")
-    if getattr(r, "rotation", None) is not None:
-        raise ValueError(f"layer {name!r} was quantized with a rotation (its codes are those of W·R); a "
-                         f"compressed-tensors checkpoint written from it would decode to Q(W·R), not the "
-                         f"layer's weight: quantize it without rotate=, or fold R into the model first")
+    check_unrotated(name, r, "compressed-tensors")
     if r.method in FLOAT_METHODS:
         fmt_name, elem, _ = FLOAT_METHODS[r.method]
         if r.g_idx is not None or r.input_scale is not None:

@@ -137,13 +137,24 @@ def exporters(checkpoint: str) -> list[str]:
     return [n for n, m in registry.methods().items() if checkpoint in m.exports]
 
 
+def check_unrotated(name: str, r: QuantResult, checkpoint: str) -> None:
+    """Refuse a result quantized after a rotation: ``checkpoint`` files hold no rotation of the input.
+
+    Raises
+    ------
+    ValueError
+        Naming the layer and the fix (quantize without ``rotate=``).
+    """
+    if r.rotation is not None:
+        raise ValueError(f"layer {name!r} was quantized after a rotation (rotate={r.rotation.kind!r}): its "
+                         f"codes are those of W·R, and {checkpoint} checkpoints hold no rotation for the "
+                         f"layer's input, so a loader would compute with the wrong weights. Quantize it "
+                         f"without rotate= to export it")
+
+
 def _check_method(name: str, r: QuantResult, checkpoint: str) -> None:
     """Only affine results (scale·(code − zero) per group) of an exporting method fit a checkpoint."""
-    if r.rotation is not None:
-        raise ValueError(f"layer {name!r} was quantized after a rotation (rotate={r.rotation.kind!r}); "
-                         f"{checkpoint.upper()} checkpoints hold no rotation for the layer's input, so a "
-                         f"loader would compute with the wrong weights. Quantize it without rotate= to "
-                         f"export it")
+    check_unrotated(name, r, checkpoint.upper())
     method = registry.METHODS.get(r.method)
     if r.mins is None and r.codebook is None and method is not None and checkpoint in method.exports:
         return
